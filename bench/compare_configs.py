@@ -36,17 +36,30 @@ def main() -> None:
         result = train(cfg, args.data, args.runs / name)
         best = load_checkpoint(args.runs / name / "best.pt")
         val = best["metrics"]["val"]
-        rows.append({
-            "stem": cand["stem"], "width": cand["width"], "epochs_planned": cand["epochs"],
-            "epochs_run": result["epochs_run"], "train_minutes": result["train_minutes"],
-            "val_score": val["score"], "val_gender_acc": val["gender"]["accuracy"],
-            "val_ethnicity_macro_f1": val["ethnicity"]["macro_f1"],
-            "val_score_per_minute": val["score"] / result["train_minutes"],
-            "test_gender_acc": result["test"]["gender"]["accuracy"],
-            "test_ethnicity_acc": result["test"]["ethnicity"]["accuracy"],
-        })
-        write_json({"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "budget_minutes": args.minutes,
-                    "chosen_by": "highest validation score at equal budget", "runs": rows}, args.out)
+        rows.append(
+            {
+                "stem": cand["stem"],
+                "width": cand["width"],
+                "epochs_planned": cand["epochs"],
+                "epochs_run": result["epochs_run"],
+                "train_minutes": result["train_minutes"],
+                "val_score": val["score"],
+                "val_gender_acc": val["gender"]["accuracy"],
+                "val_ethnicity_macro_f1": val["ethnicity"]["macro_f1"],
+                "val_score_per_minute": val["score"] / result["train_minutes"],
+                "test_gender_acc": result["test"]["gender"]["accuracy"],
+                "test_ethnicity_acc": result["test"]["ethnicity"]["accuracy"],
+            }
+        )
+        write_json(
+            {
+                "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                "budget_minutes": args.minutes,
+                "chosen_by": "highest validation score at equal budget",
+                "runs": rows,
+            },
+            args.out,
+        )
     best = max(rows, key=lambda r: r["val_score"])
     print(f"best at {args.minutes} min: {best['stem']} width {best['width']} (val score {best['val_score']:.4f})")
 

@@ -24,7 +24,8 @@ from faceattr.cache import load_prepared, write_json
 from faceattr.config import resolve_config
 from faceattr.model import FaceNet
 from faceattr.sampling import class_sample_weights, epoch_indices
-from faceattr.train import make_optimizer, multitask_loss
+from faceattr.tasks import total_loss
+from faceattr.train import make_optimizer
 
 
 class PILFaces(Dataset):
@@ -32,13 +33,15 @@ class PILFaces(Dataset):
 
     def __init__(self, images: np.ndarray, gender: np.ndarray, ethnicity: np.ndarray) -> None:
         self.images, self.gender, self.ethnicity = images, gender, ethnicity
-        self.tf = transforms.Compose([
-            transforms.RandomAffine(10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
-            transforms.RandomHorizontalFlip(),
-            transforms.ColorJitter(brightness=0.2, contrast=0.2),
-            transforms.ToTensor(),
-            transforms.RandomErasing(p=0.25, scale=(0.02, 0.15)),
-        ])
+        self.tf = transforms.Compose(
+            [
+                transforms.RandomAffine(10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ColorJitter(brightness=0.2, contrast=0.2),
+                transforms.ToTensor(),
+                transforms.RandomErasing(p=0.25, scale=(0.02, 0.15)),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -48,7 +51,8 @@ class PILFaces(Dataset):
 
 
 def step(model, optimizer, x, targets, cfg) -> None:
-    loss = multitask_loss(model(x), targets, cfg.task_weights, cfg.label_smoothing)
+    weights = {t: cfg.task_weights[t] for t in cfg.tasks}
+    loss = total_loss(model(x), targets, weights, cfg.label_smoothing, None, cfg.age_reg_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -103,8 +107,13 @@ def main() -> None:
 
     # (c) the naive per-image baseline, with the DataLoader workers the machine has.
     workers = min(2, torch.get_num_threads())
-    loader = DataLoader(PILFaces(train.images, train.gender, train.ethnicity), batch_size=b, shuffle=True,
-                        num_workers=workers, persistent_workers=True)
+    loader = DataLoader(
+        PILFaces(train.images, train.gender, train.ethnicity),
+        batch_size=b,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=True,
+    )
     it = iter(loader)
     next(it)
     start = time.perf_counter()
@@ -125,7 +134,11 @@ def main() -> None:
     results["pipeline_vs_bare_model"] = round(results["pipeline_img_per_s"] / results["bare_model_img_per_s"], 3)
     out = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "model": {"stem": cfg.stem, "width": cfg.width, "batch_size": b, "steps": args.steps},
         **results,
     }

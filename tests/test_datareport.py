@@ -55,7 +55,7 @@ def test_report_counts_match_numpy(tmp_path, rgb):
         assert_png(tmp_path / "plots" / name)
     assert (tmp_path / "plots" / "split_distribution.csv").is_file()
     assert json.loads((tmp_path / "data_report.json").read_text()) == report
-    assert not list(tmp_path.glob("*.tmp"))
+    assert {p.name for p in tmp_path.iterdir()} == {"plots", "data_report.json", "data_report.md"}
 
     labels = report["labels"]
     assert report["summary"] == summary

@@ -210,7 +210,7 @@ def test_write_duplicates_csv(tmp_path):
     path = write_duplicates_csv(data, dup, tmp_path / "duplicates.csv")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and not list(tmp_path.glob("*.tmp"))
+    assert len(rows) == 3 and [p.name for p in tmp_path.iterdir()] == ["duplicates.csv"]
     assert rows[0] == {
         "group": "0",
         "id_a": "row00000",
@@ -228,3 +228,13 @@ def test_write_duplicates_csv(tmp_path):
         "hash_hamming": "0",
     }
     assert [r["ethnicity_b"] for r in rows] == ["White", "White", "Indian"]
+
+
+def test_write_duplicates_csv_that_fails_keeps_the_earlier_file(tmp_path):
+    data, dup = hand_made_duplicates()
+    path = write_duplicates_csv(data, dup, tmp_path / "duplicates.csv")
+    before = path.read_bytes()
+    broken = Duplicates(np.array([[0, 1], [0, 99]]), dup.mad[:2], dup.hamming[:2], dup.exact[:2], dup.group)
+    with pytest.raises(IndexError):
+        write_duplicates_csv(data, broken, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["duplicates.csv"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from faceattr.cli import main
 from faceattr.datareport import PLOT_FILES
 from faceattr.dedupe import pixel_sha1
 from faceattr.inputerror import InputError
+from faceattr.prepare import prepare
 from faceattr.split import SPLITS
 
 OUTPUTS = {"data.npz", "manifest.json", "split.csv", "duplicates.csv", "data_report.md", "data_report.json", "plots"}
@@ -112,6 +114,35 @@ def test_not_a_prepared_folder(tmp_path):
         load_prepared(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: _truncate(d / "data.npz"), r"data.npz: truncated or corrupt \("),
+        (lambda d: _drop_array(d / "data.npz", "sha"), r"data.npz: missing array\(s\) sha; run faceattr prepare again"),
+        (lambda d: _truncate(d / "manifest.json"), r"manifest.json: not valid JSON \("),
+        (lambda d: (d / "manifest.json").write_text("[1, 2]"), r"manifest.json: expected a JSON object, got list"),
+    ],
+    ids=["truncated npz", "missing array", "truncated manifest", "manifest not an object"],
+)
+def test_damaged_prepared_folder_is_one_line_error(first_run, tmp_path, damage, message):
+    folder = tmp_path / "damaged"
+    shutil.copytree(first_run, folder)
+    damage(folder)
+    with pytest.raises(InputError, match=rf"^{folder}/{message}") as info:
+        load_prepared(folder)
+    assert "\n" not in str(info.value)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _drop_array(path: Path, name: str) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != name}
+    np.savez_compressed(path, **arrays)
+
+
 def test_prepare_twice_gives_identical_files(first_run, kaggle_csv, tmp_path):
     out = tmp_path / "again"
     assert main(["prepare", str(kaggle_csv), "--out", str(out)]) == 0
@@ -198,7 +229,9 @@ def test_split_file_pins_the_split(first_run, kaggle_csv, bad_csv, tmp_path, cap
 
 def test_prepare_utkface_tarball_rgb(utk_folder, tmp_path):
     out = tmp_path / "utk"
-    assert main(["prepare", str(utk_folder.tarball), "--out", str(out), "--size", "64", "--rgb"]) == 0
+    # 18 faces: the default 0.15 test share would round to an empty test split, an error now.
+    args = ["prepare", str(utk_folder.tarball), "--out", str(out), "--size", "64", "--rgb", "--skip-bad"]
+    assert main([*args, "--fractions", "0.5,0.25,0.25"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["kind"] == "utkface" and manifest["image_shape"] == [64, 64, 3]
     assert manifest["skipped"] == {"total": 2, "unlabelled_names": 1, "undecodable": 1}
@@ -243,3 +276,61 @@ def test_folder_with_unknown_labels_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 face(s) lack a label (first: 2.png)" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def quiet(*_args) -> None:
+    pass
+
+
+def test_every_row_skipped_is_no_usable_faces(tmp_path):
+    path = write_table(tmp_path / "bad.csv", [KAGGLE_HEADER, kaggle_row(0, 1, 0, "a.jpg", "1 2 3")])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=rf"^{path}: no usable faces \(1 rejected\)"):
+        prepare(path, out, skip_bad=True, log=quiet)
+    assert not out.exists() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("fractions, empty", [((0.85, 0.0, 0.15), "val split is"), ((0.9, 0.1, 0.0), "test split is")])
+def test_empty_val_or_test_split_is_an_error(kaggle_csv, tmp_path, fractions, empty):
+    out = tmp_path / "out"
+    shown = ",".join(map(str, fractions))
+    with pytest.raises(InputError, match=rf"^--fractions {shown}: the {empty} empty \(300 faces\)"):
+        prepare(kaggle_csv, out, fractions=fractions, log=quiet)
+    assert not out.exists() and leftovers(out) == []
+
+
+def chips_with_labels(tmp_path: Path, n: int = 30, repeat: int | None = None) -> tuple[Path, Path]:
+    """n face chips and their labels CSV; ``repeat`` lists chip 0 a second time at that row."""
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file,age,gender,ethnicity"]
+    for k in range(n):
+        face_picture(rng, k % 2, k % 2).save(folder / f"{k}.png")
+        rows.append(f"{k}.png,25,{k % 2},{k % 2}")  # two strata, so val and test get faces
+    if repeat is not None:
+        rows.insert(repeat + 1, rows[1])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return folder, labels
+
+
+def test_labels_csv_is_part_of_the_input_fingerprint(tmp_path):
+    folder, labels = chips_with_labels(tmp_path)
+    summary = prepare(folder, tmp_path / "out", labels=labels, log=quiet)
+    fingerprint = summary["input"]
+    assert fingerprint["kind"] == "folder" and fingerprint["labels"] == str(labels)
+    assert fingerprint["labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["input"] == fingerprint
+
+    labels.write_text(labels.read_text().replace("\n0.png,25,", "\n0.png,26,"))
+    again = prepare(folder, tmp_path / "out", labels=labels, log=quiet)["input"]
+    assert again["sha256"] == fingerprint["sha256"] and again["labels_sha256"] != fingerprint["labels_sha256"]
+
+
+def test_duplicate_ids_are_an_error(tmp_path):
+    folder, labels = chips_with_labels(tmp_path, repeat=5)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=rf"^{labels}: id '0.png' appears more than once"):
+        prepare(folder, out, labels=labels, log=quiet)
+    assert not out.exists()

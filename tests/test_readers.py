@@ -162,6 +162,11 @@ WHOLE_FILE = {
         ": expected exactly one .csv inside the .zip, found 2",
     ),
     "not a zip": (lambda p: _write_bytes(p / "faces.zip", b"plain text"), ": not a valid .zip file"),
+    "zip with only macOS metadata": (
+        lambda p: _zip(p, {"__MACOSX/age_gender.csv": KAGGLE_HEADER, "._age_gender.csv": KAGGLE_HEADER}),
+        ": expected exactly one .csv inside the .zip, found 0",
+    ),
+    "zip with a bad CRC": (lambda p: _bad_crc_zip(p), ": corrupt compressed file (Bad CRC-32"),
     "nonexistent": (lambda p: p / "missing.csv", ": no such file"),
 }
 
@@ -181,6 +186,14 @@ def _truncated_gz(tmp_path):
     return _write_bytes(tmp_path / "faces.csv.gz", full.read_bytes()[:-200])
 
 
+def _bad_crc_zip(tmp_path):
+    """A stored (uncompressed) .zip whose CSV has one pixel changed after the CRC was written."""
+    path = _zip(tmp_path, {"faces.csv": "\n".join([KAGGLE_HEADER] + [GOOD] * 3) + "\n"})
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"7 7 7")] = ord("8")
+    return _write_bytes(path, bytes(raw))
+
+
 def _zip(tmp_path, members: dict[str, str]):
     path = tmp_path / "faces.zip"
     with zipfile.ZipFile(path, "w") as zf:
@@ -195,8 +208,15 @@ def test_kaggle_bad_file_names_file_and_reason(tmp_path, make, message):
     for skip_bad in (False, True):
         with pytest.raises(InputError) as info:
             read_any(path, skip_bad=skip_bad)
-            assert str(info.value).startswith(str(path) + message)
+        assert str(info.value).startswith(str(path) + message)
         assert "\n" not in str(info.value)
+
+
+def test_zip_ignores_macos_metadata(tmp_path):
+    rows = "\n".join([KAGGLE_HEADER, GOOD, GOOD]) + "\n"
+    path = _zip(tmp_path, {"__MACOSX/._faces.csv": "\x00\x05", "._faces.csv": "\x00\x05", "faces.csv": rows})
+    data, problems = read_any(path)[:2]
+    assert len(data) == 2 and problems == []
 
 
 def test_kaggle_rejects_size_and_rgb_options(make_kaggle_csv):
@@ -236,13 +256,15 @@ def test_parse_utk_name(name, expected):
 @pytest.mark.parametrize("size, gray", [(48, True), (64, False)], ids=["48gray", "64rgb"])
 def test_utkface_reads_folder_and_tarball(utk_folder, source, size, gray):
     path = getattr(utk_folder, source)
-    data, problems = read_utkface(path, size=size, gray=gray)
+    data, problems = read_utkface(path, size=size, gray=gray, skip_bad=True)
     n = len(utk_folder.labels)
     assert n == 18
     assert data.images.shape == ((n, size, size) if gray else (n, size, size, 3))
     assert data.images.dtype == np.uint8
     names = sorted(utk_folder.labels)
-    assert data.ids.tolist() == names and data.names.tolist() == names
+    # ids are paths from the folder or archive root: the tarball holds the files under UTKFace/.
+    root = "UTKFace/" if source == "tarball" else ""
+    assert data.ids.tolist() == [root + name for name in names] and data.names.tolist() == names
     labels = np.array([utk_folder.labels[k] for k in names])
     assert data.age.tolist() == labels[:, 0].tolist()
     assert data.gender.tolist() == labels[:, 1].tolist()
@@ -258,18 +280,47 @@ def test_utkface_reads_folder_and_tarball(utk_folder, source, size, gray):
     k = names.index("24_0_1_20170116220224657 .jpg.chip.jpg")
     expected = decode_image((utk_folder.folder / names[k]).read_bytes(), size, gray)
     np.testing.assert_array_equal(data.images[k], expected)
-    _, _, kind = read_any(path, size=size, gray=gray)
+    _, _, kind = read_any(path, size=size, gray=gray, skip_bad=True)
     assert kind == "utkface"
 
 
+def test_utkface_undecodable_image_stops_unless_skip_bad(utk_folder):
+    for path in (utk_folder.folder, utk_folder.tarball):
+        for read in (read_utkface, read_any):
+            with pytest.raises(InputError) as info:
+                read(path)
+            lines = str(info.value).splitlines()
+            where, reason = lines[0].split(": ", 1)
+            assert where.startswith(f"{path}/") and where.endswith(utk_folder.corrupt[0])
+            assert reason.startswith("cannot decode image") and utk_folder.unlabelled[0] not in str(info.value)
+            assert lines[1].startswith("1 bad row(s) of 20;") and "--skip-bad" in lines[1]
+
+
 def test_utkface_folder_and_tarball_agree_and_pool_matches_serial(utk_folder):
-    folder, _ = read_utkface(utk_folder.folder)
-    tarball, _ = read_utkface(utk_folder.tarball)
-    pooled, _ = _read_utkface(utk_folder.folder, workers=2, chunk=5)
+    folder, _ = read_utkface(utk_folder.folder, skip_bad=True)
+    tarball, _ = read_utkface(utk_folder.tarball, skip_bad=True)
+    pooled, _ = _read_utkface(utk_folder.folder, workers=2, chunk=5, skip_bad=True)
     for other in (tarball, pooled):
         np.testing.assert_array_equal(other.images, folder.images)
-        np.testing.assert_array_equal(other.ids, folder.ids)
+        np.testing.assert_array_equal(other.names, folder.names)
         np.testing.assert_array_equal(other.age, folder.age)
+    np.testing.assert_array_equal(pooled.ids, folder.ids)
+    assert tarball.ids.tolist() == ["UTKFace/" + i for i in folder.ids.tolist()]
+
+
+def test_utkface_same_name_in_two_subfolders_keeps_both(tmp_path):
+    rng = np.random.default_rng(0)
+    for sub, gender in (("part2", 1), ("part1", 0)):
+        (tmp_path / sub).mkdir()
+        face_picture(rng, gender, 2).save(tmp_path / sub / "30_0_2_20170116000000000.jpg.chip.jpg", format="JPEG")
+    data, problems = read_utkface(tmp_path)
+    assert problems == [] and len(data) == 2
+    assert data.ids.tolist() == [
+        "part1/30_0_2_20170116000000000.jpg.chip.jpg",
+        "part2/30_0_2_20170116000000000.jpg.chip.jpg",
+    ]
+    assert data.names.tolist() == ["30_0_2_20170116000000000.jpg.chip.jpg"] * 2
+    assert not np.array_equal(data.images[0], data.images[1])
 
 
 def test_decode_image_is_gray_then_box_resize():
@@ -294,8 +345,10 @@ def test_utkface_errors(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "20_0_0_1.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(InputError, match=rf"^{broken}: none of the 1 image files could be used"):
+    with pytest.raises(InputError, match=rf"^{broken}/20_0_0_1.jpg: cannot decode image"):
         read_utkface(broken)
+    with pytest.raises(InputError, match=rf"^{broken}: none of the 1 image files could be used"):
+        read_utkface(broken, skip_bad=True)
     fake = tmp_path / "fake.tar.gz"
     fake.write_bytes(b"not a tarball")
     with pytest.raises(InputError, match=rf"^{fake}: not a readable folder or .tar/.tar.gz archive"):
@@ -379,7 +432,9 @@ def test_byte_order_mark_is_accepted(tmp_path):
 
 def test_one_undecodable_byte_is_a_row_problem_not_a_file_failure(tmp_path):
     path = tmp_path / "latin1.csv"
-    path.write_bytes(b"age,ethnicity,gender,img_name,pixels\n" + _one_row() + _one_row(name=b"caf\xe9.jpg") + _one_row())
+    path.write_bytes(
+        b"age,ethnicity,gender,img_name,pixels\n" + _one_row() + _one_row(name=b"caf\xe9.jpg") + _one_row()
+    )
     with pytest.raises(InputError, match=r"latin1.csv:3: img_name: not valid UTF-8"):
         read_kaggle_csv(path)
     data, problems = read_kaggle_csv(path, skip_bad=True)

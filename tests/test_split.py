@@ -153,7 +153,7 @@ def test_split_csv_round_trip(written):
     assert rows[1][:2] == ["0", "row00000"] and rows[1][2] == sha[0]
     assert [r[-1] for r in rows[1:]] == split.tolist()
     assert [int(r[7]) for r in rows[1:]] == group.tolist()
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in path.parent.iterdir()] == ["split.csv"]
     np.testing.assert_array_equal(read_split_csv(path, data, sha), split)
 
 

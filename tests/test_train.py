@@ -15,7 +15,7 @@ import torch
 from faceattr.cache import Prepared, load_prepared, save_prepared
 from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
-from faceattr.train import load_checkpoint, make_scheduler, model_from_checkpoint, param_groups, predict_probs, train
+from faceattr.train import load_checkpoint, make_scheduler, model_from_checkpoint, param_groups, predict_outputs, train
 
 SIDE = 24
 
@@ -90,7 +90,7 @@ def test_train_writes_a_self_describing_run_and_learns(data_dir, tmp_path):
     # The checkpoint alone rebuilds the model: same predictions on the test faces.
     model = model_from_checkpoint(ckpt)
     test = load_prepared(data_dir).part("test")
-    probs = predict_probs(model, test.images, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"], "cpu")
+    probs = predict_outputs(model, test.images, ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"], "cpu")
     acc = (probs["gender"].argmax(1) == test.gender).mean()
     assert acc == pytest.approx(result["test"]["gender"]["accuracy"])
 
@@ -209,4 +209,67 @@ def test_ddp_two_cpu_processes_on_gloo(data_dir, tmp_path):
 
     metrics = json.loads((runs / "r" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
-    assert len(load_checkpoint(runs / "r" / "last.pt")["rng"]["aug"]) == 2
+    per_rank = load_checkpoint(runs / "r" / "last.pt")["rng"]["per_rank"]
+    # Each rank augments with its own generator, and both states are kept for resume.
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0][0], per_rank[1][0])
+
+
+@pytest.mark.parametrize("head", ["two_stage", "direct", "dex"])
+def test_age_heads_train_and_report_age_metrics(data_dir, tmp_path, head):
+    cfg = _cfg(epochs=2, tasks=["gender", "ethnicity", "age"], age_head=head)
+    result = train(cfg, data_dir, tmp_path / head, log=lambda *_: None)
+    age = result["test"]["age"]
+    assert 0 < age["mae"] < 60 and 0 <= age["cs5"] <= 1 and "bin_accuracy" in age
+    assert len(age["bin_edges"]) == 7
+    ckpt = load_checkpoint(tmp_path / head / "best.pt")
+    assert ckpt["age"]["head"] == head and ckpt["tasks"] == ["gender", "ethnicity", "age"]
+    if head == "two_stage":
+        # Both routings are reported; neither may use the true bin.
+        assert "age_hard_routing" in result["test"]
+
+
+def test_fine_tuning_starts_from_the_multitask_backbone(data_dir, tmp_path):
+    train(_cfg(epochs=1), data_dir, tmp_path / "mt", log=lambda *_: None)
+    lines = []
+    cfg = _cfg(
+        epochs=1,
+        tasks=["gender", "ethnicity", "age"],
+        init_from=str(tmp_path / "mt" / "best.pt"),
+        lr=1e-9,
+        warmup_epochs=0.0,
+    )
+    train(cfg, data_dir, tmp_path / "age", log=lines.append)
+    assert any("new: age_bin, age_reg" in line for line in lines)
+    source, tuned = _state(tmp_path / "mt" / "best.pt"), _state(tmp_path / "age" / "last.pt")
+    # With a negligible LR the backbone stays where the multitask run left it.
+    assert torch.allclose(source["layer4.1.conv2.weight"], tuned["layer4.1.conv2.weight"], atol=1e-5)
+
+
+def test_resume_of_a_stopped_run_trains_no_further(data_dir, tmp_path):
+    first = train(_cfg(epochs=6, patience=1, lr=1e-7, warmup_epochs=0.0), data_dir, tmp_path / "r", log=lambda *_: None)
+    assert first["stopped_by"] == "early stopping" and first["epochs_run"] < 6
+    again = train(
+        _cfg(epochs=6, patience=1, lr=1e-7, warmup_epochs=0.0),
+        data_dir,
+        tmp_path / "r",
+        resume=True,
+        log=lambda *_: None,
+    )
+    assert again["epochs_run"] == first["epochs_run"] and again["stopped_by"] == "early stopping"
+    assert again["test"] == first["test"]
+
+
+def test_resume_and_fine_tuning_refuse_another_split(data_dir, tmp_path):
+    from faceattr.inputerror import InputError
+
+    train(_cfg(epochs=1), data_dir, tmp_path / "run", log=lambda *_: None)
+    other = tmp_path / "other"
+    other.mkdir()
+    prepared = load_prepared(data_dir)
+    prepared.split = np.roll(prepared.split, 7)
+    save_prepared(other, prepared)
+    with pytest.raises(InputError, match="different split"):
+        train(_cfg(epochs=1), other, tmp_path / "run", resume=True, log=lambda *_: None)
+    age_cfg = _cfg(epochs=1, tasks=["gender", "ethnicity", "age"], init_from=str(tmp_path / "run" / "best.pt"))
+    with pytest.raises(InputError, match="different split"):
+        train(age_cfg, other, tmp_path / "age", log=lambda *_: None)

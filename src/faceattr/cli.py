@@ -54,7 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, help="also write the summary (with this command) to this JSON file")
 
     p = sub.add_parser("train", help="train a model on a prepared dataset")
-    p.add_argument("task", choices=["multitask"], help="multitask: gender + ethnicity")
+    p.add_argument(
+        "task", choices=["multitask", "age"], help="multitask: gender + ethnicity; age: adds the age head to them"
+    )
+    p.add_argument(
+        "--from",
+        dest="init_from",
+        type=Path,
+        help="(age) fine-tune from this multitask run folder or checkpoint; without it all heads train from scratch",
+    )
     p.add_argument("--data", type=Path, default=Path("prepared/data"), help="folder written by faceattr prepare")
     _add_config_options(p)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of run folders (default runs)")
@@ -113,22 +121,33 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(args: argparse.Namespace):
+def _resolve(args: argparse.Namespace, task: str = "multitask", init_from: Path | None = None):
+    """Resolve the config of a multitask or age run. An age run adds the age task below the
+    profile and config file (so a user's config can still choose tasks) and, with
+    ``init_from``, starts from that run's best checkpoint."""
     from faceattr.config import parse_overrides, resolve_config
 
     overrides = parse_overrides(args.overrides)
+    base = {"tasks": ["gender", "ethnicity", "age"]} if task == "age" else {}
+    if init_from is not None:
+        overrides["init_from"] = str(init_from / "best.pt" if init_from.is_dir() else init_from)
     if args.name:
         overrides["name"] = args.name
-    elif args.profile and "name" not in overrides and not args.config:
-        overrides["name"] = args.profile
-    return resolve_config(args.profile, args.config, overrides)
+    elif "name" not in overrides:
+        profile = args.profile or ""
+        overrides["name"] = (
+            (profile or "multitask") if task == "multitask" else "-".join(filter(None, ["age", profile]))
+        )
+    return resolve_config(args.profile, args.config, overrides, base=base)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from faceattr.cache import write_json
     from faceattr.train import train
 
-    cfg = _resolve(args)
+    if args.init_from and args.task != "age":
+        raise InputError("--from applies to `faceattr train age` only")
+    cfg = _resolve(args, args.task, args.init_from)
     result = train(cfg, args.data, args.runs / cfg.name, resume=args.resume)
     if args.results and result:
         args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -150,9 +169,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = prepare(sample, out / "data", seed=args.seed, split_file=args.split_file)
     else:
         summary = prepare(args.data, out / "data", seed=args.seed, split_file=args.split_file)
-    result = train(cfg, out / "data", out / cfg.name)
-    write_json({"command": _command_line(args), "data": summary, "multitask": result}, out / "summary.json")
-    print(f"wrote {out}/summary.json; run folder {out / cfg.name}")
+    multitask = train(cfg, out / "data", out / "multitask")
+    # The age model reuses the multitask backbone: fine-tuned from its best checkpoint.
+    age_cfg = _resolve(args, "age", out / "multitask")
+    age = train(age_cfg, out / "data", out / "age")
+    write_json(
+        {"command": _command_line(args), "data": summary, "multitask": multitask, "age": age}, out / "summary.json"
+    )
+    print(f"wrote {out}/summary.json; models in {out / 'multitask'} and {out / 'age'}")
     return 0
 
 

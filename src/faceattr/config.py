@@ -1,15 +1,18 @@
-"""Training configuration: one dataclass of plain values, resolved as defaults < profile YAML <
-user YAML < ``--set key=value`` overrides, and written into every run folder."""
+"""Training configuration: one dataclass of plain values, resolved as defaults < caller's base
+values < profile YAML < user YAML < ``--set key=value`` overrides, and written into every run
+folder."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from faceattr.atomic import atomic_path
 from faceattr.inputerror import InputError
 
 PROFILES = ("quick", "cpu60", "best")
@@ -36,7 +39,13 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
-    task_weights: dict = field(default_factory=lambda: {"gender": 1.0, "ethnicity": 1.0})
+    # Tasks trained together on the shared backbone; weights apply to the tasks listed.
+    tasks: list = field(default_factory=lambda: ["gender", "ethnicity"])
+    task_weights: dict = field(default_factory=lambda: {"gender": 1.0, "ethnicity": 1.0, "age": 1.0})
+    age_head: str = "two_stage"  # two_stage | direct | dex
+    age_bins: int = 6
+    age_reg_weight: float = 0.1  # weight of the in-bin regression (years) against the bin cross-entropy
+    init_from: str = ""  # checkpoint whose matching weights start this run (fine-tuning)
     patience: int = 8  # epochs without a better validation score before stopping
     max_minutes: float = 0.0  # wall-clock cap on training (0 = none); the schedule is not rescaled
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
@@ -56,10 +65,14 @@ def _known_fields() -> dict[str, dataclasses.Field]:
 
 
 def _load_yaml(path: Path | str, text: str | None = None) -> dict:
+    if text is None and Path(path).is_dir():
+        raise InputError(f"{path}: is a folder, expected a YAML config file")
     try:
         values = yaml.safe_load(text if text is not None else Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (expected a YAML config file)") from None
     except yaml.YAMLError as e:
         raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if values is None:
@@ -84,16 +97,40 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--set {item!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(f"--set {item!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
 
 
+def _as_float(value: object) -> object:
+    """A str that float() accepts as a float: PyYAML reads ``1e-3`` (no dot) as a string."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def resolve_config(
-    profile: str | None = None, config_file: Path | None = None, overrides: dict | None = None
+    profile: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict | None = None,
+    base: dict | None = None,
 ) -> TrainConfig:
-    """Defaults < profile < config file < overrides; unknown keys and wrong types are errors."""
+    """Defaults < base < profile < config file < overrides; unknown keys and wrong types are errors.
+
+    ``base`` holds a caller's own defaults (``train age`` adds the age task) that any profile,
+    config file or override still beats.
+    """
     values: dict = {}
     sources = []
+    if base:
+        sources.append(("base values", base))
     if profile:
         sources.append((f"profile {profile}", profile_values(profile)))
     if config_file:
@@ -107,8 +144,10 @@ def resolve_config(
             if key not in known:
                 raise InputError(f"{where}: unknown config key {key!r} (known: {', '.join(sorted(known))})")
             expected = type(getattr(defaults, key))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
+            if expected is float:
+                value = _as_float(value)
+            elif key == "task_weights" and isinstance(value, dict):
+                value = {k: _as_float(v) for k, v in value.items()}
             if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
                 raise InputError(f"{where}: {key} = {value!r}: expected {expected.__name__}")
             values[key] = value
@@ -118,33 +157,55 @@ def resolve_config(
 
 
 def _check(cfg: TrainConfig) -> None:
+    # Imported here so that importing the config stays light; none of these import config.
+    from faceattr.augment import AugmentConfig
+    from faceattr.model import STEMS
+    from faceattr.sampling import MODES
+    from faceattr.tasks import AGE_HEADS, TASKS
+
+    def choice(names: tuple[str, ...]) -> str:
+        return "one of " + ", ".join(names)
+
+    modes = tuple(MODES)  # MODES maps each mode to its exponent
+
     checks = [
-        (cfg.stem in ("s1", "s1pool", "s2", "s2pool"), "stem", "one of s1, s1pool, s2, s2pool"),
+        (bool(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device)), "device", "auto, cpu, cuda or cuda:N"),
+        (cfg.threads >= 0, "threads", ">= 0"),
+        (cfg.stem in STEMS, "stem", choice(STEMS)),
         (cfg.width >= 1, "width", ">= 1"),
         (cfg.epochs >= 1, "epochs", ">= 1"),
         (cfg.batch_size >= 2, "batch_size", ">= 2"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
         (cfg.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd"),
         (cfg.lr > 0, "lr", "> 0"),
+        (cfg.weight_decay >= 0, "weight_decay", ">= 0"),
         (0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
         (0 <= cfg.dropout < 1, "dropout", "in [0, 1)"),
-        (cfg.sampling in ("off", "sqrt", "full"), "sampling", "off, sqrt or full"),
+        (cfg.sampling in modes, "sampling", choice(modes)),
+        (cfg.minority_power >= 0, "minority_power", ">= 0"),
+        (cfg.max_strength >= 1, "max_strength", ">= 1"),
         (cfg.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
-        (
-            set(cfg.task_weights) <= {"gender", "ethnicity"} and cfg.task_weights,
-            "task_weights",
-            "weights for gender and/or ethnicity",
-        ),
+        (cfg.patience >= 1, "patience", ">= 1"),
+        (cfg.max_minutes >= 0, "max_minutes", ">= 0 (0 = no limit)"),
+        (bool(cfg.tasks) and set(cfg.tasks) <= set(TASKS), "tasks", "a list of " + ", ".join(TASKS)),
+        (set(cfg.tasks) <= set(cfg.task_weights), "task_weights", "a weight for every task in tasks"),
+        (cfg.age_head in AGE_HEADS, "age_head", choice(AGE_HEADS)),
+        (2 <= cfg.age_bins <= 20, "age_bins", "in 2..20"),
     ]
     for ok, key, expected in checks:
         if not ok:
             raise InputError(f"config {key} = {getattr(cfg, key)!r}: expected {expected}")
+    for task, weight in cfg.task_weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise InputError(f"config task_weights[{task!r}] = {weight!r}: expected a number >= 0")
+    known = [f.name for f in dataclasses.fields(AugmentConfig)]
+    for key in cfg.augment:
+        if key not in known:
+            raise InputError(f"config augment: unknown key {key!r} (known: {', '.join(known)})")
 
 
 def write_config(cfg: TrainConfig, path: Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    import os
-
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return Path(path)

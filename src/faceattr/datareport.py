@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from faceattr.atomic import atomic_path
 from faceattr.dataset import ETHNICITIES, GENDERS, FaceData
 
 SPLITS = ("train", "val", "test", "excluded")
@@ -302,17 +301,9 @@ def _write_split_table(per_split: dict[str, dict[str, Any]], path: Path) -> Path
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    # A reader (or a crash mid-write) never sees a half-written report: the rename is atomic on one filesystem.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp creates owner-only files; the report is meant to be shared like any other output.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A reader (or a crash mid-write) never sees a half-written report.
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _jsonable(value: Any) -> Any:

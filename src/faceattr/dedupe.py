@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from faceattr.atomic import atomic_path
 from faceattr.dataset import ETHNICITIES, GENDERS, FaceData
 
 HASH_SIDE = 32
@@ -172,8 +172,7 @@ def conflict_summary(data: FaceData, dup: Duplicates) -> dict:
 
 def write_duplicates_csv(data: FaceData, dup: Duplicates, path: Path) -> Path:
     """One row per duplicate pair: group, both ids and names, both label sets, distances."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -212,5 +211,4 @@ def write_duplicates_csv(data: FaceData, dup: Duplicates, path: Path) -> Path:
                     int(ham),
                 ]
             )
-    os.replace(tmp, path)
     return path

@@ -38,11 +38,14 @@ def head_metrics(y_true: np.ndarray, prob: np.ndarray, class_names: tuple[str, .
 
 
 def selection_score(metrics: dict) -> float:
-    """Validation score for early stopping and best.pt: mean of gender accuracy and
-    ethnicity macro-F1 (macro-F1 so the minority ethnicities count as much as the majority)."""
+    """Validation score for early stopping and best.pt: the mean of gender accuracy, ethnicity
+    macro-F1 (so minority ethnicities count as much as the majority) and, with an age head,
+    age CS@5 (share within 5 years) over the tasks present; all lie in [0, 1]."""
     parts = []
     if "gender" in metrics:
         parts.append(metrics["gender"]["accuracy"])
     if "ethnicity" in metrics:
         parts.append(metrics["ethnicity"]["macro_f1"])
+    if "age" in metrics:
+        parts.append(metrics["age"]["cs5"])
     return float(np.mean(parts))

@@ -65,6 +65,8 @@ def prepare(
         raise InputError(f"--out {out_dir}: exists and is not a prepared data folder; choose a new or empty folder")
     data, problems, kind = read_any(input_path, size=size, gray=gray, skip_bad=skip_bad, labels=labels)
     log(f"read {len(data)} faces from {input_path} ({kind}); skipped {len(problems)}")
+    if len(data) == 0:
+        raise InputError(f"{input_path}: no usable faces ({len(problems)} rejected); fix the input")
     unlabelled = int(((data.age < 0) | (data.gender < 0) | (data.ethnicity < 0)).sum())
     if unlabelled:
         first = data.ids[(data.age < 0) | (data.gender < 0) | (data.ethnicity < 0)][0]
@@ -72,6 +74,7 @@ def prepare(
             f"{labels or input_path}: {unlabelled} face(s) lack a label (first: {first}); prepare needs age, gender "
             "and ethnicity for every face"
         )
+    _check_unique_ids(data.ids, labels or input_path)
     t_read = time.perf_counter() - start
 
     dup = find_duplicates(data.images, max_hamming=max_hamming, max_mad=max_mad)
@@ -90,10 +93,22 @@ def prepare(
         split = make_split(data, dup.group, fractions=fractions, seed=seed)
     counts = {s: int((split == s).sum()) for s in (*SPLITS, "excluded")}
     log("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    empty = [s for s in ("val", "test") if counts[s] == 0]
+    if empty:
+        source = f"--split-file {split_file}" if split_file else f"--fractions {','.join(map(str, fractions))}"
+        which = " and ".join(empty) + (" splits are" if len(empty) > 1 else " split is")
+        raise InputError(
+            f"{source}: the {which} empty ({len(data)} faces); train needs val faces for early stopping "
+            "and test faces for its metrics"
+        )
 
+    fingerprint = {"path": str(input_path), "kind": kind, "sha256": file_fingerprint(input_path)}
+    if labels is not None:
+        # For a folder the fingerprint covers only file names and sizes; the labels live in the CSV.
+        fingerprint.update(labels=str(labels), labels_sha256=file_fingerprint(Path(labels)))
     summary = {
         "faceattr_version": __version__,
-        "input": {"path": str(input_path), "kind": kind, "sha256": file_fingerprint(input_path)},
+        "input": fingerprint,
         "options": {
             "size": size,
             "gray": gray,
@@ -128,6 +143,15 @@ def prepare(
         raise
     log(f"wrote {out_dir} in {summary['seconds']['total']:.1f} s")
     return summary
+
+
+def _check_unique_ids(ids: np.ndarray, source: str | Path) -> None:
+    """ids key the split file and the duplicate list, so two faces may not share one."""
+    seen: set[str] = set()
+    for face_id in ids.tolist():
+        if face_id in seen:
+            raise InputError(f"{source}: id {face_id!r} appears more than once; every face needs its own id")
+        seen.add(face_id)
 
 
 def _groups_crossing(group: np.ndarray, split: np.ndarray) -> int:

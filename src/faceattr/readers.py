@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from faceattr.atomic import atomic_path
 from faceattr.dataset import MAX_AGE, FaceData
 from faceattr.inputerror import InputError
 
@@ -62,13 +63,11 @@ def check_problems(problems: list[Problem], total_rows: int, skip_bad: bool) -> 
 
 def write_rejected(problems: list[Problem], path: Path) -> Path:
     """Write rejected rows (file, line, reason) to a CSV, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "line", "reason"])
         for p in problems:
             w.writerow([p.file, p.line, p.reason])
-    os.replace(tmp, path)
     return path
 
 
@@ -86,6 +85,8 @@ def _parse_label(value: str, name: str, low: int, high: int) -> tuple[int | None
 def _open_csv_text(path: Path) -> Iterator[io.TextIOBase]:
     """Open a .csv, .csv.gz or a .zip holding exactly one .csv, as text.
 
+    In a .zip, macOS metadata (``__MACOSX/`` and ``._name`` files) is ignored.
+
     utf-8-sig drops the byte-order mark Excel writes; undecodable bytes become surrogates so
     the row holding them can be reported by line instead of failing the whole file.
     """
@@ -97,7 +98,7 @@ def _open_csv_text(path: Path) -> Iterator[io.TextIOBase]:
                 zf = stack.enter_context(zipfile.ZipFile(path))
             except zipfile.BadZipFile:
                 raise InputError(f"{path}: not a valid .zip file") from None
-            members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
+            members = [m for m in zf.namelist() if m.lower().endswith(".csv") and not _macos_metadata(m)]
             if len(members) != 1:
                 raise InputError(f"{path}: expected exactly one .csv inside the .zip, found {len(members)}")
             raw = stack.enter_context(zf.open(members[0]))
@@ -106,6 +107,11 @@ def _open_csv_text(path: Path) -> Iterator[io.TextIOBase]:
         else:
             raw = stack.enter_context(open(path, "rb"))
         yield stack.enter_context(io.TextIOWrapper(raw, **text))
+
+
+def _macos_metadata(member: str) -> bool:
+    """Finder's zip adds __MACOSX/ folders and ._name resource forks beside the real files."""
+    return member.startswith("__MACOSX/") or member.rsplit("/", 1)[-1].startswith("._")
 
 
 def _undecodable(text: str) -> bool:
@@ -178,7 +184,7 @@ def read_kaggle_csv(path: str | Path, skip_bad: bool = False) -> tuple[FaceData,
                 rows.append((line, index, age, gender, eth, row[col["img_name"]], pixels))
     except UnicodeDecodeError:
         raise InputError(f"{label}: not a text CSV file (could not decode as UTF-8)") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise InputError(f"{label}: corrupt compressed file ({e})") from None
     except csv.Error as e:
         raise InputError(f"{label}: not a valid CSV file ({e})") from None
@@ -260,7 +266,7 @@ def _iter_utk_files(path: Path) -> Iterator[tuple[str, bytes]]:
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES):
-                yield str(p.relative_to(path)), p.read_bytes()
+                yield p.relative_to(path).as_posix(), p.read_bytes()
         return
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -268,37 +274,39 @@ def _iter_utk_files(path: Path) -> Iterator[tuple[str, bytes]]:
                 if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
                     f = tar.extractfile(member)
                     if f is not None:
-                        yield member.name, f.read()
+                        yield member.name.removeprefix("./"), f.read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise InputError(f"{path}: not a readable folder or .tar/.tar.gz archive ({e})") from None
 
 
 def read_utkface(
-    path: str | Path, size: int = 48, gray: bool = True, workers: int = 2, chunk: int = 256
+    path: str | Path, size: int = 48, gray: bool = True, workers: int = 2, chunk: int = 256, skip_bad: bool = False
 ) -> tuple[FaceData, list[Problem]]:
     """Read UTKFace originals from a folder or a .tar(.gz), labels parsed from file names.
 
-    Files whose names lack the three labels, or that cannot be decoded, are skipped and
-    returned as problems (always reported with their count). Images are sorted by file name so
-    ids (the file's base name) and order are stable.
+    Files whose names lack the three labels are always skipped and returned as problems (with
+    their count). Images that cannot be decoded raise InputError listing them, unless
+    ``skip_bad``, which skips and returns them too. ids are the paths relative to the folder or
+    archive root (``UTKFace/1_0_0_x.jpg.chip.jpg``), so equal names in two subfolders stay
+    apart; faces are sorted by that path so ids and order are stable; names are base names.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     label = str(path)
-    problems: list[Problem] = []
+    unlabelled: list[Problem] = []
     labelled: list[tuple[str, bytes, tuple[int, int, int]]] = []
     seen = 0
     for name, data in _iter_utk_files(path):
         seen += 1
         parsed = parse_utk_name(name)
         if isinstance(parsed, str):
-            problems.append(Problem(f"{label}/{name}" if not path.is_dir() else str(path / name), 0, parsed))
+            unlabelled.append(Problem(f"{label}/{name}", 0, parsed))
             continue
         labelled.append((name, data, parsed))
     if seen == 0:
         raise InputError(f"{label}: no image files found (expected {', '.join(IMAGE_SUFFIXES)})")
-    labelled.sort(key=lambda t: os.path.basename(t[0]))
+    labelled.sort(key=lambda t: t[0])
     labels = {t[0]: t[2] for t in labelled}
     jobs = [([(n, d) for n, d, _ in labelled[i : i + chunk]], size, gray) for i in range(0, len(labelled), chunk)]
     decoded: list[tuple[str, np.ndarray | str]] = []
@@ -310,24 +318,21 @@ def read_utkface(
         for job in jobs:
             decoded.extend(_decode_many(job))
     good = [(n, img) for n, img in decoded if not isinstance(img, str)]
-    problems += [Problem(f"{label}/{n}", 0, img) for n, img in decoded if isinstance(img, str)]
+    undecodable = [Problem(f"{label}/{n}", 0, img) for n, img in decoded if isinstance(img, str)]
+    check_problems(undecodable, seen, skip_bad)
     if not good:
         raise InputError(f"{label}: none of the {seen} image files could be used")
-    shape = (0, size, size) if gray else (0, size, size, 3)
     data = FaceData(
-        images=np.stack([img for _, img in good]) if good else np.zeros(shape, np.uint8),
+        images=np.stack([img for _, img in good]),
         age=np.array([labels[n][0] for n, _ in good], np.int16),
         gender=np.array([labels[n][1] for n, _ in good], np.int8),
         ethnicity=np.array([labels[n][2] for n, _ in good], np.int8),
-        ids=np.array([os.path.basename(n) for n, _ in good]),
-        names=np.array([os.path.basename(n) for n, _ in good]),
+        ids=np.array([n for n, _ in good]),
+        names=np.array([n.rsplit("/", 1)[-1] for n, _ in good]),
         source=label,
-        skipped={
-            "unlabelled_names": sum("cannot decode" not in p.reason for p in problems),
-            "undecodable": sum("cannot decode" in p.reason for p in problems),
-        },
+        skipped={"unlabelled_names": len(unlabelled), "undecodable": len(undecodable)},
     )
-    return data, problems
+    return data, unlabelled + undecodable
 
 
 def read_image_folder(
@@ -383,6 +388,8 @@ def read_image_folder(
                 kept.append((row["file"].strip(), img, values["age"], values["gender"], values["ethnicity"]))
     except UnicodeDecodeError:
         raise InputError(f"{label}: not a text CSV file (could not decode as UTF-8)") from None
+    except (gzip.BadGzipFile, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise InputError(f"{label}: corrupt compressed file ({e})") from None
     except csv.Error as e:
         raise InputError(f"{label}: not a valid CSV file ({e})") from None
     if total == 0:
@@ -419,7 +426,7 @@ def read_any(
         data, problems = read_image_folder(path, labels, size=size, gray=gray, skip_bad=skip_bad)
         return data, problems, "folder"
     if name.endswith((".tar", ".tar.gz", ".tgz")) or path.is_dir():
-        data, problems = read_utkface(path, size=size, gray=gray)
+        data, problems = read_utkface(path, size=size, gray=gray, skip_bad=skip_bad)
         return data, problems, "utkface"
     if name.endswith((".csv", ".csv.gz", ".zip", ".gz")):
         if size != KAGGLE_SIDE or not gray:

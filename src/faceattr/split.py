@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from faceattr.atomic import atomic_path
 from faceattr.dataset import FaceData
 from faceattr.inputerror import InputError
 
@@ -75,8 +75,7 @@ def split_hash(ids: np.ndarray, split: np.ndarray) -> str:
 
 def write_split_csv(data: FaceData, sha: np.ndarray, group: np.ndarray, split: np.ndarray, path: Path) -> Path:
     """Write the per-face split file (atomically), in input order."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(SPLIT_COLUMNS)
         for k in range(len(data)):
@@ -93,7 +92,6 @@ def write_split_csv(data: FaceData, sha: np.ndarray, group: np.ndarray, split: n
                     split[k],
                 ]
             )
-    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,109 @@
+"""What each task adds to the shared backbone: its heads, its share of the loss, and how its
+raw outputs decode into predictions (probabilities for gender and ethnicity, years for age).
+The age head is the two-stage estimator or one of the baselines it is compared with."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from faceattr import age as agemod
+from faceattr.dataset import ETHNICITIES, GENDERS
+
+CLASS_TASKS = {"gender": GENDERS, "ethnicity": ETHNICITIES}
+TASKS = ("gender", "ethnicity", "age")
+AGE_HEADS = ("two_stage", "direct", "dex")
+
+
+@dataclass
+class AgeSpec:
+    """Everything needed to train and decode the age head; stored in checkpoints.
+
+    edges: the equal-population bin edges from the training ages (also used by the baselines
+    to report bin accuracy); mean/std: training-age statistics for direct regression.
+    """
+
+    head: str
+    edges: list[float]
+    mean: float
+    std: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_age_spec(head: str, n_bins: int, train_ages: np.ndarray) -> AgeSpec:
+    if head not in AGE_HEADS:
+        raise ValueError(f"age head must be one of {AGE_HEADS}, got {head!r}")
+    ages = np.asarray(train_ages, dtype=float)
+    return AgeSpec(
+        head=head, edges=agemod.bin_edges(ages, n_bins).tolist(), mean=float(ages.mean()), std=float(ages.std())
+    )
+
+
+def model_heads(tasks: list[str], age: AgeSpec | None) -> dict[str, int]:
+    """Head name -> output size for the chosen tasks."""
+    heads = {t: len(CLASS_TASKS[t]) for t in tasks if t in CLASS_TASKS}
+    if "age" in tasks:
+        if age is None:
+            raise ValueError("the age task needs an AgeSpec")
+        n_bins = len(age.edges) - 1
+        heads.update(
+            {"two_stage": agemod.two_stage_heads(n_bins), "direct": agemod.direct_heads(), "dex": agemod.dex_heads()}[
+                age.head
+            ]
+        )
+    return heads
+
+
+def total_loss(
+    out: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    weights: dict[str, float],
+    smoothing: float,
+    age: AgeSpec | None,
+    age_reg_weight: float,
+) -> Tensor:
+    """Weighted sum over tasks: label-smoothed cross-entropy for gender and ethnicity, the age
+    head's own loss for age. ``targets`` holds class indices and ages (float years)."""
+    loss = torch.zeros((), device=next(iter(out.values())).device)
+    for task, w in weights.items():
+        if task in CLASS_TASKS:
+            loss = loss + w * F.cross_entropy(out[task].float(), targets[task], label_smoothing=smoothing)
+        elif task == "age":
+            loss = loss + w * age_loss(out, targets["age"], age, smoothing, age_reg_weight)
+    return loss
+
+
+def age_loss(out: dict[str, Tensor], ages: Tensor, age: AgeSpec, smoothing: float, reg_weight: float) -> Tensor:
+    if age.head == "two_stage":
+        return agemod.two_stage_loss(
+            out["age_bin"].float(), out["age_reg"].float(), ages, age.edges, smoothing, reg_weight
+        )
+    if age.head == "direct":
+        return agemod.direct_loss(out["age_direct"].float(), ages, age.mean, age.std)
+    return agemod.dex_loss(out["age_dex"].float(), ages, smoothing)
+
+
+@torch.no_grad()
+def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
+    """Predictions from raw head outputs (B, ...): class probabilities (B, K) per class task;
+    for age, ``age`` (B,) years (soft routing for the two-stage head), ``age_hard`` (B,)
+    and ``age_bin_prob`` (B, bins) for the two-stage head."""
+    pred = {t: torch.softmax(out[t].float(), 1) for t in CLASS_TASKS if t in out}
+    if age is None:
+        return pred
+    if age.head == "two_stage":
+        bin_logits, reg = out["age_bin"].float(), out["age_reg"].float()
+        pred["age"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "soft")
+        pred["age_hard"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "hard")
+        pred["age_bin_prob"] = torch.softmax(bin_logits, 1)
+    elif age.head == "direct":
+        pred["age"] = agemod.decode_direct(out["age_direct"].float(), age.mean, age.std)
+    else:
+        pred["age"] = agemod.decode_dex(out["age_dex"].float())
+    return pred
