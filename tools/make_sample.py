@@ -36,8 +36,15 @@ def main(path: str, out: str = "src/faceattr/sample/utkface48_sample.csv.gz") ->
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["age", "ethnicity", "gender", "img_name", "pixels"])
         for k in rows:
-            w.writerow([data.age[k], data.ethnicity[k], data.gender[k], data.names[k],
-                        " ".join(map(str, data.images[k].ravel()))])
+            w.writerow(
+                [
+                    data.age[k],
+                    data.ethnicity[k],
+                    data.gender[k],
+                    data.names[k],
+                    " ".join(map(str, data.images[k].ravel())),
+                ]
+            )
     print(f"wrote {len(rows)} faces to {out}")
 
 

@@ -9,7 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from faceattr.config import PROFILES
 from faceattr.inputerror import InputError
+
+SAMPLE_NAME = "utkface48_sample.csv.gz"  # the embedded UTKFace sample, inside faceattr/sample/
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -79,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_config_options(p: argparse.ArgumentParser, default_profile: str | None = None) -> None:
-    p.add_argument(
-        "--profile", choices=["quick", "cpu60", "best"], default=default_profile, help="built-in config profile"
-    )
+    p.add_argument("--profile", choices=PROFILES, default=default_profile, help="built-in config profile")
     p.add_argument("--config", type=Path, help="YAML config file (over the profile)")
     p.add_argument(
         "--set",
@@ -178,9 +179,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}/summary.json; models in {out / 'multitask'} and {out / 'age'}")
     return 0
-
-
-SAMPLE_NAME = "utkface48_sample.csv.gz"
 
 
 def _command_line(args: argparse.Namespace) -> str:

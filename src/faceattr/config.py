@@ -47,7 +47,7 @@ class TrainConfig:
     age_reg_weight: float = 0.1  # weight of the in-bin regression (years) against the bin cross-entropy
     init_from: str = ""  # checkpoint whose matching weights start this run (fine-tuning)
     patience: int = 8  # epochs without a better validation score before stopping
-    max_minutes: float = 0.0  # wall-clock cap on training (0 = none); the schedule is not rescaled
+    max_minutes: float = 0.0  # wall-clock cap on training + validation (0 = none); the schedule is not rescaled
     amp: bool = True  # mixed precision on CUDA; ignored on CPU
     # Data pipeline: balanced sampling and stronger augmentation for rarer ethnicities.
     sampling: str = "sqrt"  # off | sqrt | full

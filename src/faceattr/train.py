@@ -308,7 +308,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
     def loss_fn(out: dict[str, torch.Tensor], batch_targets: dict[str, torch.Tensor]) -> torch.Tensor:
         return total_loss(out, batch_targets, task_weights, cfg.label_smoothing, age, cfg.age_reg_weight)
 
-    start_epoch, best_score, bad_epochs, history, elapsed, stop_reason = 0, -math.inf, 0, [], 0.0, None
+    start_epoch, best_score, bad_epochs, history, stop_reason = 0, -math.inf, 0, [], None
+    elapsed, wall = 0.0, 0.0  # seconds in the training loop; in training + validation
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -322,7 +323,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
         if cuda_state is not None and device.type == "cuda":
             torch.cuda.set_rng_state(cuda_state, device)
         start_epoch, best_score, bad_epochs = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["bad_epochs"]
-        history, elapsed, stop_reason = ckpt["history"], ckpt["train_seconds"], ckpt["stopped_by"]
+        history, stop_reason = ckpt["history"], ckpt["stopped_by"]
+        elapsed, wall = ckpt["train_seconds"], ckpt["wall_seconds"]
         if main_proc:
             log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}" + (f" ({stop_reason})" if stop_reason else ""))
             if bad_epochs == 0:
@@ -375,6 +377,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
         rng_states = _gather((aug_gen.get_state(), _cuda_rng(device)), world)
         if main_proc:
             val = evaluate(model, prepared, "val", mean, std, device, age, cfg.eval_batch_size)
+            epoch_wall = time.perf_counter() - start
+            wall += epoch_wall
             improved = val["score"] > best_score
             best_score, bad_epochs = (val["score"], 0) if improved else (best_score, bad_epochs + 1)
             history.append(
@@ -389,8 +393,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
             )
             if bad_epochs >= cfg.patience:
                 decision[0] = "early stopping"
-            elif cfg.max_minutes and elapsed + epoch_seconds > cfg.max_minutes * 60:
-                # Stop before an epoch that would overrun the wall-clock budget.
+            elif cfg.max_minutes and wall + epoch_wall > cfg.max_minutes * 60:
+                # Stop before an epoch (with its validation) that would overrun the wall-clock budget.
                 decision[0] = "time budget"
             weights_state = {**common, "model": model.state_dict(), "epoch": epoch, "metrics": {"val": val}}
             # last.pt first: a kill before best.pt is written is repaired on resume (see above).
@@ -404,6 +408,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
                     "bad_epochs": bad_epochs,
                     "history": history,
                     "train_seconds": elapsed,
+                    "wall_seconds": wall,
                     "stopped_by": decision[0],
                     "world_size": world,
                     "rng": {"sample": sample_gen.get_state(), "torch": torch.get_rng_state(), "per_rank": rng_states},
@@ -434,6 +439,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
             "epochs_run": len(history),
             "stopped_by": stop_reason or "epochs",
             "train_minutes": round(elapsed / 60, 2),
+            "train_and_validation_minutes": round(wall / 60, 2),
             "device": str(device),
             "world_size": world,
             "split_hash": split_id,
@@ -471,6 +477,7 @@ def _weights_only(ckpt: dict) -> dict:
         "bad_epochs",
         "history",
         "train_seconds",
+        "wall_seconds",
         "stopped_by",
         "world_size",
         "rng",

@@ -1,0 +1,84 @@
+"""Print the headline numbers of the committed result files as Markdown, so the README quotes
+them exactly (run from the project root: python tools/results_summary.py)."""
+
+import json
+from pathlib import Path
+
+
+def load(name: str) -> dict | None:
+    path = Path("results") / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def main() -> None:
+    for name in ("prepare_kaggle.json", "prepare_utkface.json"):
+        r = load(name)
+        if r:
+            d = r["duplicates"]
+            print(
+                f"- `{r['command']}` → {r['faces_read']} faces, {r['skipped']['total']} skipped, "
+                f"{d['near_pairs']} near-duplicate pairs ({d['exact_pairs']} pixel-identical) in {d['groups']} groups; "
+                f"gender differs in {pct(d['pairs_gender_differs'])} of pairs, ethnicity in "
+                f"{pct(d['pairs_ethnicity_differs'])}; split {r['split']}; {r['seconds']['total']} s"
+            )
+    r = load("config_compare.json")
+    if r:
+        print(f"\n`{r['command']}` ({r['budget_minutes']} min each):\n")
+        print("| stem | width | epochs | minutes | val score | val gender acc | val ethnicity macro-F1 |")
+        print("|---|---|---|---|---|---|---|")
+        for x in r["runs"]:
+            print(
+                f"| {x['stem']} | {x['width']} | {x['epochs_run']} | {x['train_minutes']} | {x['val_score']:.4f} | "
+                f"{pct(x['val_gender_acc'])} | {x['val_ethnicity_macro_f1']:.3f} |"
+            )
+    r = load("multitask_cpu60.json")
+    if r:
+        t = r["test"]
+        print(
+            f"\n`{r['command']}`: test gender accuracy {pct(t['gender']['accuracy'])} (ROC AUC "
+            f"{t['gender']['roc_auc']:.3f}), ethnicity accuracy {pct(t['ethnicity']['accuracy'])}, ethnicity macro-F1 "
+            f"{t['ethnicity']['macro_f1']:.3f}; {r['train_minutes']} min of training, {r['epochs_run']} epochs "
+            f"(best {r['best_epoch']}), stopped by {r['stopped_by']}, on {r['device']}.\n"
+        )
+        print("| class | recall | precision | support |")
+        print("|---|---|---|---|")
+        for head in ("gender", "ethnicity"):
+            for name, m in t[head]["per_class"].items():
+                print(f"| {head}: {name} | {pct(m['recall'])} | {pct(m['precision'])} | {m['support']} |")
+    r = load("bench_train.json")
+    if r:
+        print(
+            f"\n`{r['command']}`: bare model step {r['bare_model_img_per_s']:.0f} img/s, full pipeline "
+            f"{r['pipeline_img_per_s']:.0f} img/s (data {pct(r['pipeline_data_share_of_step'])} of each step), naive "
+            f"PIL + DataLoader {r['naive_img_per_s']:.0f} img/s (data {pct(r['naive_data_share_of_step'])}); "
+            f"pipeline / naive = {r['pipeline_vs_naive']:.2f}x"
+        )
+    r = load("ablation_minority_strength.json")
+    if r:
+        print(f"\n`{r['command']}`:\n")
+        for x in r["runs"]:
+            print(
+                f"- minority_power {x['minority_power']}: validation ethnicity macro-F1 by epoch "
+                f"{', '.join(f'{v:.3f}' for v in x['val_ethnicity_macro_f1_by_epoch'])}; test macro-F1 "
+                f"{x['test_ethnicity_macro_f1']:.3f}"
+            )
+    r = load("age_compare.json")
+    if r:
+        print(f"\n`{r['command']}`:\n")
+        print("| model | MAE | CS@5 | bin accuracy | MAE < 13 y | MAE right bin | MAE wrong bin | minutes |")
+        print("|---|---|---|---|---|---|---|---|")
+        for x in r["table"]:
+            f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+            print(
+                f"| {x['model']} | {x['mae']:.2f} | {pct(x['cs5'])} | {pct(x['bin_accuracy'])} | "
+                f"{f(x['mae_children_under_13'])} | {f(x['mae_correct_bin'])} | {f(x['mae_wrong_bin'])} | "
+                f"{x['train_minutes']} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
