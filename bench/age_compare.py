@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--from", dest="init_from", type=Path, default=Path("runs/cpu60"))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    p.add_argument("--age-reg-weight", type=float, default=None, help="override the config's age_reg_weight")
     p.add_argument("--runs", type=Path, default=Path("runs/age"))
     p.add_argument("--out", type=Path, default=Path("results/age_compare.json"))
     args = p.parse_args()
@@ -55,6 +56,7 @@ def main() -> None:
                 "lr": source.lr / 2,
                 "warmup_epochs": 1.0,
                 "max_minutes": 0.0,
+                **({"age_reg_weight": args.age_reg_weight} if args.age_reg_weight is not None else {}),
             },
         )
         result = train(cfg, args.data, args.runs / cfg.name)
