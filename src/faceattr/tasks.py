@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from faceattr import age as agemod
-from faceattr.dataset import ETHNICITIES, GENDERS
+from faceattr.metrics import CLASS_NAMES
 
-CLASS_TASKS = {"gender": GENDERS, "ethnicity": ETHNICITIES}
 TASKS = ("gender", "ethnicity", "age")
 AGE_HEADS = ("two_stage", "direct", "dex")
 
@@ -47,7 +46,7 @@ def make_age_spec(head: str, n_bins: int, train_ages: np.ndarray) -> AgeSpec:
 
 def model_heads(tasks: list[str], age: AgeSpec | None) -> dict[str, int]:
     """Head name -> output size for the chosen tasks."""
-    heads = {t: len(CLASS_TASKS[t]) for t in tasks if t in CLASS_TASKS}
+    heads = {t: len(CLASS_NAMES[t]) for t in tasks if t in CLASS_NAMES}
     if "age" in tasks:
         if age is None:
             raise ValueError("the age task needs an AgeSpec")
@@ -72,7 +71,7 @@ def total_loss(
     head's own loss for age. ``targets`` holds class indices and ages (float years)."""
     loss = torch.zeros((), device=next(iter(out.values())).device)
     for task, w in weights.items():
-        if task in CLASS_TASKS:
+        if task in CLASS_NAMES:
             loss = loss + w * F.cross_entropy(out[task].float(), targets[task], label_smoothing=smoothing)
         elif task == "age":
             loss = loss + w * age_loss(out, targets["age"], age, smoothing, age_reg_weight)
@@ -94,7 +93,7 @@ def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
     """Predictions from raw head outputs (B, ...): class probabilities (B, K) per class task;
     for age, ``age`` (B,) years (soft routing for the two-stage head), ``age_hard`` (B,)
     and ``age_bin_prob`` (B, bins) for the two-stage head."""
-    pred = {t: torch.softmax(out[t].float(), 1) for t in CLASS_TASKS if t in out}
+    pred = {t: torch.softmax(out[t].float(), 1) for t in CLASS_NAMES if t in out}
     if age is None:
         return pred
     if age.head == "two_stage":

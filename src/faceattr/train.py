@@ -362,7 +362,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
         )
         show = main_proc and sys.stderr.isatty()
         with tqdm(
-            total=math.ceil(len(order) / per_rank_batch),
+            total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not show,
             mininterval=2,
