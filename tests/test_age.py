@@ -10,6 +10,7 @@ import torch
 from faceattr.age import (
     AGE_MAX,
     AGE_MIN,
+    ROUTING_TEMPERATURES,
     CoralLayer,
     age_metrics,
     age_to_bin,
@@ -24,6 +25,7 @@ from faceattr.age import (
     decode_two_stage,
     dex_loss,
     direct_loss,
+    fit_routing_temperature,
     two_stage_heads,
     two_stage_loss,
 )
@@ -188,3 +190,31 @@ def test_age_metrics_hand_case():
     assert m["per_ethnicity"]["Indian"] == {"n": 1, "mae": 10.0}
     assert m["per_ethnicity"]["Others"] == {"n": 0, "mae": None}
     assert m["children"] == {"under_13": {"n": 1, "mae": 2.0}, "13_plus": {"n": 5, "mae": 5.4}}
+
+
+def test_routing_temperature_follows_how_often_the_sure_bin_is_right():
+    rng = np.random.default_rng(0)
+    n = 400
+    bin_ages = np.tile([10.0, 30.0, 60.0], (n, 1))
+    prob = np.tile([0.6, 0.3, 0.1], (n, 1))
+    # The likeliest bin is always right: sharpen toward hard routing (the lowest temperature).
+    assert fit_routing_temperature(prob, bin_ages, np.full(n, 10.0)) == min(ROUTING_TEMPERATURES)
+    # Ages spread over the bins as (other) probabilities say, with the median in the middle
+    # bin: the hedge of soft routing is worth keeping, the temperature stays near 1.
+    spread = np.tile([0.4, 0.35, 0.25], (n, 1))
+    true = rng.choice([10.0, 30.0, 60.0], n, p=[0.4, 0.35, 0.25])
+    assert 0.8 <= fit_routing_temperature(spread, bin_ages, true) <= 1.5
+    # Every sample's true age is the mean of the bins: flattening (T > 1) helps.
+    assert fit_routing_temperature(prob, bin_ages, np.full(n, 100.0 / 3)) > 1.0
+
+
+def test_soft_routing_temperature_interpolates_between_soft_and_hard():
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    reg = torch.zeros(1, 3)
+    edges = [1, 13, 30, 117]
+    soft = decode_two_stage(logits, reg, edges, "soft").item()
+    hard = decode_two_stage(logits, reg, edges, "hard").item()
+    cooler = decode_two_stage(logits, reg, edges, "soft", temperature=0.3).item()
+    colder = decode_two_stage(logits, reg, edges, "soft", temperature=0.05).item()
+    assert hard <= colder < cooler < soft
+    assert colder == pytest.approx(hard, abs=0.01)

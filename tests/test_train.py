@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from faceattr.age import ROUTING_TEMPERATURES
 from faceattr.cache import Prepared, load_prepared, save_prepared
 from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
+from faceattr.model import FaceNet
+from faceattr.tasks import AgeSpec, make_age_spec, model_heads
 from faceattr.train import load_checkpoint, make_scheduler, model_from_checkpoint, param_groups, predict_outputs, train
 
 SIDE = 24
@@ -226,6 +229,16 @@ def test_age_heads_train_and_report_age_metrics(data_dir, tmp_path, head):
     if head == "two_stage":
         # Both routings are reported; neither may use the true bin.
         assert "age_hard_routing" in result["test"]
+        # The soft-routing temperature is fitted on validation, stored with the weights and
+        # used for the reported test ages.
+        spec = AgeSpec(**ckpt["age"])
+        assert spec.routing_temperature in ROUTING_TEMPERATURES
+        prepared = load_prepared(data_dir)
+        pre = ckpt["preprocessing"]
+        pred = predict_outputs(
+            model_from_checkpoint(ckpt), prepared.part("test").images, pre["mean"], pre["std"], "cpu", spec
+        )
+        assert age["mae"] == pytest.approx(np.abs(pred["age"] - prepared.part("test").age).mean(), rel=1e-5)
 
 
 def test_fine_tuning_starts_from_the_multitask_backbone(data_dir, tmp_path):
@@ -273,3 +286,24 @@ def test_resume_and_fine_tuning_refuse_another_split(data_dir, tmp_path):
     age_cfg = _cfg(epochs=1, tasks=["gender", "ethnicity", "age"], init_from=str(tmp_path / "run" / "best.pt"))
     with pytest.raises(InputError, match="different split"):
         train(age_cfg, other, tmp_path / "age", log=lambda *_: None)
+
+
+def test_flip_averages_a_face_and_its_mirror():
+    torch.manual_seed(0)
+    age = make_age_spec("two_stage", 6, np.arange(1, 91))
+    model = FaceNet(1, 8, "s2pool", 0.0, model_heads(["gender", "ethnicity", "age"], age)).eval()
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 256, (4, 48, 24), dtype=np.uint8)
+    symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    lopsided = rng.integers(0, 256, (4, 48, 48), dtype=np.uint8)
+
+    def run(images, flip):
+        return predict_outputs(model, images, 0.5, 0.25, "cpu", age, 2, flip=flip)
+
+    plain, flipped = run(symmetric, False), run(symmetric, True)
+    for name in plain:  # a mirror-symmetric face is its own mirror: flipping changes nothing
+        np.testing.assert_allclose(flipped[name], plain[name], rtol=1e-5, atol=1e-5)
+    both = run(lopsided, True)
+    mirrored = run(np.ascontiguousarray(lopsided[:, :, ::-1]), True)
+    np.testing.assert_allclose(both["age"], mirrored["age"], rtol=1e-5, atol=1e-4)  # order-free mean
+    assert not np.allclose(run(lopsided, False)["age"], both["age"])  # and it does change the answer

@@ -79,6 +79,24 @@ def main() -> None:
                 f"{x['train_minutes']} |"
             )
 
+    r = load("age_cpu60.json")
+    if r:
+        print(f"\n`{r['command']}`:\n")
+        print(
+            "| model | routing | flip | CPU min | val MAE | test MAE | CS@5 | bin acc | MAE < 13 y | "
+            "MAE right bin | MAE wrong bin | gender acc | ethnicity acc |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        for x in r["table"]:
+            print(
+                f"| {x['model']} | {x['routing']} | {'yes' if x['flip_tta'] else 'no'} | {x['cpu_train_minutes']} | "
+                f"{x['val_mae']:.2f} | **{x['mae']:.2f}** | {pct(x['cs5'])} | {pct(x['bin_accuracy'])} | "
+                f"{f(x['mae_children_under_13'])} | {f(x['mae_correct_bin'])} | {f(x['mae_wrong_bin'])} | "
+                f"{pct(x['gender_acc'])} | {pct(x['ethnicity_acc'])} |"
+            )
+        print(f"\nDefault (lowest validation MAE): {r['default_by_validation_mae']}")
+
 
 if __name__ == "__main__":
     main()

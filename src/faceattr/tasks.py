@@ -30,6 +30,7 @@ class AgeSpec:
     edges: list[float]
     mean: float
     std: float
+    routing_temperature: float = 1.0  # two-stage soft routing; fitted on validation after training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,16 +92,17 @@ def age_loss(out: dict[str, Tensor], ages: Tensor, age: AgeSpec, smoothing: floa
 @torch.no_grad()
 def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
     """Predictions from raw head outputs (B, ...): class probabilities (B, K) per class task;
-    for age, ``age`` (B,) years (soft routing for the two-stage head), ``age_hard`` (B,)
-    and ``age_bin_prob`` (B, bins) for the two-stage head."""
+    for age, ``age`` (B,) years (soft routing for the two-stage head), ``age_hard`` (B,),
+    ``age_bin_prob`` (B, bins) and ``age_bin_ages`` (B, bins) for the two-stage head."""
     pred = {t: torch.softmax(out[t].float(), 1) for t in CLASS_NAMES if t in out}
     if age is None:
         return pred
     if age.head == "two_stage":
         bin_logits, reg = out["age_bin"].float(), out["age_reg"].float()
-        pred["age"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "soft")
+        pred["age"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature)
         pred["age_hard"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "hard")
         pred["age_bin_prob"] = torch.softmax(bin_logits, 1)
+        pred["age_bin_ages"] = agemod.bin_ages(reg, age.edges)  # (B, bins): each regressor's age
     elif age.head == "direct":
         pred["age"] = agemod.decode_direct(out["age_direct"].float(), age.mean, age.std)
     else:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from faceattr import __version__
-from faceattr.age import age_metrics, age_to_bin
+from faceattr.age import age_metrics, age_to_bin, fit_routing_temperature
 from faceattr.atomic import atomic_path
 from faceattr.augment import AugmentConfig, augment_batch, normalize, strength_per_class, to_input, to_unit
 from faceattr.cache import Prepared, load_prepared, write_json
@@ -99,16 +99,25 @@ def predict_outputs(
     device: torch.device | str,
     age: AgeSpec | None = None,
     batch_size: int = 512,
+    flip: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decoded predictions for uint8 faces (N, H, W[, C]): class probabilities (N, K) for
     gender and ethnicity, and with an age head ``age`` (N,) years (plus ``age_hard`` and
-    ``age_bin_prob`` for the two-stage head)."""
+    ``age_bin_prob`` for the two-stage head).
+
+    ``flip`` averages the raw head outputs of each face and its mirror image before decoding
+    (test-time augmentation: twice the compute; training flips faces, so both views are in
+    distribution)."""
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
         x = to_input(torch.from_numpy(images[start : start + batch_size]).to(device), mean, std)
-        for name, value in decode(model(x), age).items():
+        raw = model(x)
+        if flip:
+            mirrored = model(x.flip(-1))
+            raw = {name: (value + mirrored[name]) / 2 for name, value in raw.items()}
+        for name, value in decode(raw, age).items():
             out.setdefault(name, []).append(value.float().cpu().numpy())
     model.train(was_training)
     return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -432,6 +441,17 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
     if main_proc:
         best = load_checkpoint(run_dir / "best.pt")
         model.load_state_dict(best["model"])
+        if age is not None and age.head == "two_stage":
+            # The soft-routing temperature is fitted on validation, stored with the weights,
+            # and used for every prediction from then on (test included).
+            val_pred = predict_outputs(model, prepared.part("val").images, mean, std, device, age, cfg.eval_batch_size)
+            temperature = fit_routing_temperature(
+                val_pred["age_bin_prob"], val_pred["age_bin_ages"], prepared.part("val").age
+            )
+            age = AgeSpec(**{**age.to_dict(), "routing_temperature": temperature})
+            best["age"] = age.to_dict()
+            save_checkpoint(best, run_dir / "best.pt")
+            log(f"soft-routing temperature fitted on validation: {temperature}")
         test = evaluate(model, prepared, "test", mean, std, device, age, cfg.eval_batch_size)
         result = {
             "test": test,
