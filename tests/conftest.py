@@ -5,6 +5,7 @@ the real download. Everything is seeded and written under pytest's tmp folders."
 from __future__ import annotations
 
 import gzip
+import json
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -173,3 +174,94 @@ def utk_folder(tmp_path_factory: pytest.TempPathFactory) -> UTKFolder:
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(folder, arcname="UTKFace")
     return UTKFolder(folder, tarball, labels, [UTK_UNLABELLED], [UTK_CORRUPT])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained two-stage run (gender + ethnicity + age, width 8, 2 epochs) in the layout of
+    ``faceattr run``: ROOT/data (prepared) and ROOT/age (the run folder, returned). Shared by
+    the evaluation and report tests; 24x24 faces whose brightness follows gender, stripe period
+    ethnicity and blob size age."""
+    from faceattr.cache import Prepared, save_prepared
+    from faceattr.config import resolve_config
+    from faceattr.dataset import FaceData
+    from faceattr.split import split_hash
+    from faceattr.train import train
+
+    rng = np.random.default_rng(0)
+    n, side = 480, 24
+    gender = rng.integers(0, 2, n)
+    ethnicity = rng.choice(5, n, p=[0.4, 0.2, 0.15, 0.15, 0.1])
+    age = rng.integers(1, 80, n)
+    yy, xx = np.mgrid[0:side, 0:side]
+    stripes = 50 * np.sin(yy[None] * (0.5 + 0.3 * ethnicity[:, None, None]) + 0.05 * xx[None])
+    blob = ((yy - 12) ** 2 + (xx - 12) ** 2)[None] < (2 + age[:, None, None] / 10) ** 2
+    base = 80 + 60 * gender[:, None, None] + stripes + 40 * blob
+    images = np.clip(base + rng.normal(0, 12, (n, side, side)), 0, 255).astype(np.uint8)
+    data = FaceData(
+        images=images,
+        age=age.astype(np.int16),
+        gender=gender.astype(np.int8),
+        ethnicity=ethnicity.astype(np.int8),
+        ids=np.array([f"f{k}" for k in range(n)]),
+        names=np.array([f"f{k}.jpg" for k in range(n)]),
+        source="synthetic",
+    )
+    split = np.array(["train"] * 300 + ["val"] * 90 + ["test"] * 90)
+    root = tmp_path_factory.mktemp("tiny_run")
+    manifest = {
+        "input": {"path": "synthetic", "kind": "kaggle", "sha256": "0" * 64},
+        "faces_read": n,
+        "skipped": {"total": 0},
+        "duplicates": {"exact_pairs": 0, "near_pairs": 0, "groups": 0, "largest_group": 0},
+        "split": {"train": 300, "val": 90, "test": 90, "excluded": 0},
+    }
+    manifest["split_hash"] = split_hash(data.ids, split)
+    (root / "data").mkdir()
+    save_prepared(root / "data", Prepared(data=data, split=split, group=np.arange(n), sha=data.ids, manifest=manifest))
+    cfg = resolve_config(
+        overrides={
+            "name": "tiny-age",
+            "tasks": ["gender", "ethnicity", "age"],
+            "age_head": "two_stage",
+            "stem": "s2pool",
+            "width": 8,
+            "epochs": 2,
+            "batch_size": 32,
+            "device": "cpu",
+            "warmup_epochs": 0.5,
+            "lr": 3e-3,
+            "threads": 1,
+        }
+    )
+    train(cfg, root / "data", root / "age", log=lambda *_: None)
+    return root / "age"
+
+
+def _write_fake_section(folder: Path, figure: str = "fig/one.png") -> None:
+    """An index.json as the explain/clusters tools write it, with one small PNG figure; the
+    title and text carry characters HTML must escape."""
+    (folder / "fig").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "fig" / "one.png")
+    index = {
+        "title": "Grad-CAM <maps>",
+        "text": ["Where the model looks.", "Second paragraph & more."],
+        "figures": [{"path": figure, "caption": "heat maps of ten faces"}],
+    }
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+@pytest.fixture
+def fake_section() -> Callable[..., None]:
+    """``fake_section(folder, figure='fig/one.png')`` writes an index.json section into folder."""
+    return _write_fake_section
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tiny_run: Path) -> dict:
+    """``evaluate_run`` on the tiny run with every default (test split, data found from the run,
+    RUN/report), after a fake RUN/explain/index.json; returns the metrics."""
+    from faceattr.report import evaluate_run
+
+    _write_fake_section(tiny_run / "explain")
+    return evaluate_run(tiny_run, log=lambda *_: None, n_boot=200)

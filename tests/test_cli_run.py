@@ -2,33 +2,45 @@
 config, `faceattr train age --from`, and config errors as one-line messages."""
 
 import json
+from importlib import resources
 
 import pytest
 
-from faceattr.cli import main
+from faceattr.cli import SAMPLE_NAME, main
 from faceattr.train import load_checkpoint
 
 TINY = ["--set", "epochs=1", "--set", "width=4", "--set", "threads=1", "--set", "device=cpu"]
 
 
-def test_run_on_the_embedded_sample_prepares_and_trains_both_models(tmp_path):
+def test_run_on_the_embedded_sample_prepares_trains_and_reports(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["faces_read"] == 1604 and summary["data"]["skipped"]["total"] == 0
     assert summary["data"]["duplicates"]["near_pairs"] > 0
-    assert set(summary["multitask"]["test"]) >= {"gender", "ethnicity", "score"}
-    assert "age" in summary["age"]["test"] and summary["age"]["test"]["age"]["mae"] > 0
-    # The age model reuses the multitask backbone and carries all three tasks.
-    age = load_checkpoint(out / "age" / "best.pt")
-    assert age["tasks"] == ["gender", "ethnicity", "age"]
-    assert age["config"]["init_from"].endswith("multitask/best.pt")
+    assert set(summary["model"]["test"]) >= {"gender", "ethnicity", "age", "score"}
+    assert summary["model"]["test"]["age"]["mae"] > 0
+    # One checkpoint carries all three tasks, trained together from scratch.
+    ckpt = load_checkpoint(out / "model" / "best.pt")
+    assert ckpt["tasks"] == ["gender", "ethnicity", "age"] and not ckpt["config"]["init_from"]
     assert (out / "data" / "data_report.md").is_file()
-
-
-def test_train_age_from_a_multitask_run(tmp_path):
-    out = tmp_path / "run"
+    html = (out / "report" / "report.html").read_text()
+    assert "<img" in html and 'src="data:image/png;base64,' in html
+    assert summary["report"]["gender_accuracy"]["value"] == pytest.approx(
+        summary["model"]["test"]["gender"]["accuracy"]
+    )
+    # Running the same command again reuses the finished model: no further training.
+    history = (out / "model" / "history.csv").read_text()
     assert main(["run", "--out", str(out), *TINY]) == 0
+    assert (out / "model" / "history.csv").read_text() == history
+
+
+def test_train_age_fine_tunes_a_multitask_run(tmp_path):
+    out = tmp_path / "run"
+    sample = resources.files("faceattr.sample").joinpath(SAMPLE_NAME)
+    assert main(["prepare", str(sample), "--out", str(out / "data")]) == 0
+    runs = tmp_path / "runs"
+    assert main(["train", "multitask", "--data", str(out / "data"), "--runs", str(runs), "--name", "mt", *TINY]) == 0
     code = main(
         [
             "train",
@@ -36,16 +48,17 @@ def test_train_age_from_a_multitask_run(tmp_path):
             "--data",
             str(out / "data"),
             "--from",
-            str(out / "multitask"),
+            str(runs / "mt"),
             "--runs",
-            str(tmp_path / "runs"),
+            str(runs),
             "--set",
             "age_head=direct",
             *TINY,
         ]
     )
     assert code == 0
-    assert load_checkpoint(tmp_path / "runs" / "age" / "best.pt")["age"]["head"] == "direct"
+    ckpt = load_checkpoint(runs / "age" / "best.pt")
+    assert ckpt["age"]["head"] == "direct" and ckpt["config"]["init_from"].endswith("mt/best.pt")
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,36 @@ def main() -> None:
             )
         print(f"\nDefault (lowest validation MAE): {r['default_by_validation_mae']}")
 
+    r = load("report_cpu60.json")
+    if r:
+        print(f"\n`{r['command']}` → `{r['run']}` ({r['split']} split, {r['n']} faces, 95 % bootstrap CIs):\n")
+        print("| metric | value | 95 % CI |")
+        print("|---|---|---|")
+        for name, m in r["headline"].items():
+            scale, unit = (1, " y") if "mae" in name else ((1, "") if "auc" in name or "f1" in name else (100, " %"))
+            lo, hi = m["ci"]
+            print(
+                f"| {name} | {m['value'] * scale:.{1 if scale == 100 else 3}f}{unit} | {lo * scale:.{1 if scale == 100 else 3}f} – {hi * scale:.{1 if scale == 100 else 3}f}{unit} |"
+            )
+        cal = r["calibration"]
+        print()
+        for task in ("gender", "ethnicity"):
+            c = cal[task]
+            print(
+                f"- calibration, {task}: temperature {c['temperature']:.3f} (fitted on validation); test ECE "
+                f"{pct(c['eval']['ece_before'])} → {pct(c['eval']['ece_after'])}"
+            )
+        for grouping, table in r["fairness"].items():
+            for metric, g in table["gaps"].items():
+                if g is None:
+                    continue
+                unit = " y" if metric.endswith("mae") else " pt"
+                scale = 1 if metric.endswith("mae") else 100
+                print(
+                    f"- largest gap by {grouping}, {metric}: {g['value'] * scale:.1f}{unit} "
+                    f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
+                )
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,222 @@
+"""Does prediction on photos match the 48x48 numbers? Runs the full photo path (MTCNN detection
+-> similarity warp onto the UTKFace template -> gray, area resize to 48 -> model) on the UTKFace
+originals (200x200 JPEGs) of the canonical test split, and compares it with the model on the same
+faces' 48x48 Kaggle pixels: detection rate, gender and ethnicity accuracy, age MAE, and how far the
+re-aligned chips are from the Kaggle pixels (framing).
+
+Kaggle rows are mapped to UTKFace files as tools/compare_prepared.py pairs them: the SHA-1 of the
+file read at 48x48 gray (faceattr.readers.decode_image) equals the row's pixel SHA-1; among files
+with the same pixels, the one whose name ends with the row's img_name and has its labels wins.
+
+nice -n 19 python bench/external_utk.py --model runs/age/age-two_stage --out results/external_utk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from faceattr.align import TEMPLATE, align_face, similarity_transform
+from faceattr.cache import load_prepared, write_json
+from faceattr.dedupe import pixel_sha1
+from faceattr.imageio import load_image
+from faceattr.metrics import CLASS_NAMES, head_metrics
+from faceattr.predictor import Predictor
+from faceattr.readers import decode_image, parse_utk_name
+
+
+def utk_files(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:*") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and m.name.endswith(".jpg")}
+
+
+def match_rows(test, test_sha: np.ndarray, files: dict[str, bytes]) -> list[str | None]:
+    """The UTKFace file of each test row (None when no file has its pixels).
+
+    A row's img_name is the file name less its label fields, so the files with the row's name
+    and labels are tried first; every pairing is checked by pixel SHA-1, and rows left over are
+    looked up among all files by SHA-1 alone."""
+    sha_of: dict[str, str] = {}
+
+    def sha(name: str) -> str:
+        if name not in sha_of:
+            sha_of[name] = pixel_sha1(decode_image(files[name], 48, True)[None])[0]
+        return sha_of[name]
+
+    by_stem: dict[str, list[str]] = {}
+    for name in sorted(files):
+        by_stem.setdefault(name.rsplit("/", 1)[-1].split("_", 3)[-1].replace(" ", ""), []).append(name)
+    out: list[str | None] = []
+    for row_sha, img_name, age, gender, eth in zip(test_sha, test.names, test.age, test.gender, test.ethnicity):
+        labels = (int(age), int(gender), int(eth))
+        named = [n for n in by_stem.get(str(img_name), []) if parse_utk_name(n) == labels]
+        out.append(next((n for n in named if sha(n) == row_sha), None))
+    if None in out:
+        by_sha: dict[str, list[str]] = {}
+        for name in sorted(files):
+            by_sha.setdefault(sha(name), []).append(name)
+        out = [m or (by_sha.get(s) or [None])[0] for m, s in zip(out, test_sha)]
+    return out
+
+
+def detect_all(
+    predictor: Predictor, files: dict[str, bytes], matched: list[str | None], cache: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks (N, 5, 2) of the main face of each matched chip (NaN where none) and the number
+    of faces found (N,), from ``cache`` when it holds the same files."""
+    names = np.array([m or "" for m in matched])
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            if np.array_equal(z["names"], names) and float(z["min_score"]) == predictor.detector_options["min_score"]:
+                return z["landmarks"], z["n_faces"]
+    landmarks = np.full((len(matched), 5, 2), np.nan)
+    n_faces = np.zeros(len(matched), int)
+    for i, name in enumerate(matched):
+        if name is None:
+            continue
+        faces = predictor.detector.detect(load_image(files[name]))
+        n_faces[i] = len(faces)
+        if faces:
+            # A chip holds one main face; a smaller one (a face in the background) is not it.
+            landmarks[i] = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).landmarks
+    if cache is not None:
+        min_score = predictor.detector_options["min_score"]
+        np.savez(cache, names=names, landmarks=landmarks, n_faces=n_faces, min_score=min_score)
+    return landmarks, n_faces
+
+
+def scores(labels: dict[str, np.ndarray], pred: dict[str, np.ndarray], mask: np.ndarray) -> dict:
+    """Gender and ethnicity accuracy, ethnicity macro-F1 and age MAE of the faces in ``mask``."""
+    out = {"n": int(mask.sum())}
+    for task in ("gender", "ethnicity"):
+        m = head_metrics(labels[task][mask].astype(np.int64), pred[task][mask], CLASS_NAMES[task])
+        out[f"{task}_accuracy"] = round(m["accuracy"], 4)
+        if task == "ethnicity":
+            out["ethnicity_macro_f1"] = round(m["macro_f1"], 4)
+    if "age" in pred:
+        out["age_mae"] = round(float(np.abs(pred["age"][mask] - labels["age"][mask]).mean()), 3)
+    return out
+
+
+def as_arrays(faces_attrs: list[dict]) -> dict[str, np.ndarray]:
+    out = {
+        "gender": np.array([[a["gender"][c] for c in CLASS_NAMES["gender"]] for a in faces_attrs]),
+        "ethnicity": np.array([[a["ethnicity"][c] for c in CLASS_NAMES["ethnicity"]] for a in faces_attrs]),
+    }
+    if faces_attrs and faces_attrs[0]["age"] is not None:
+        out["age"] = np.array([a["age"] for a in faces_attrs])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", type=Path, default=Path("../shared/data/UTKFace.tar.gz"))
+    p.add_argument("--data", type=Path, default=Path("prepared/kaggle48"), help="the canonical prepared Kaggle table")
+    p.add_argument("--model", type=Path, default=Path("runs/age/age-two_stage"))
+    p.add_argument("--every", type=int, default=1, help="only every N-th test face (default 1: all)")
+    p.add_argument("--out", type=Path, default=Path("results/external_utk.json"))
+    p.add_argument("--examples", type=Path, help="PNG: Kaggle 48x48 next to the re-aligned chip for 24 faces")
+    p.add_argument(
+        "--detections", type=Path, help="NPZ cache of the detections (model-independent): reused if it exists"
+    )
+    args = p.parse_args()
+    start = time.time()
+
+    prepared = load_prepared(args.data)
+    mask = prepared.split == "test"
+    test, test_sha = prepared.data.subset(mask), prepared.sha[mask]
+    if args.every > 1:  # a stride, not the first N: the split is sorted by age
+        keep = np.arange(len(test)) % args.every == 0
+        test, test_sha = test.subset(keep), test_sha[keep]
+    files = utk_files(args.archive)
+    matched = match_rows(test, test_sha, files)
+    has_file = np.array([m is not None for m in matched])
+    t_match = time.time() - start
+
+    predictor = Predictor.from_checkpoint(args.model)
+    n = len(test)
+    t0 = time.time()
+    landmarks, n_faces = detect_all(predictor, files, matched, args.detections)
+    detected = n_faces > 0
+    chips = np.zeros_like(test.images)
+    warp_scale, warp_angle, warp_shift = (np.full(n, np.nan) for _ in range(3))
+    for i in np.flatnonzero(detected):
+        chips[i] = predictor.chip(align_face(load_image(files[matched[i]]), landmarks[i]))
+        m = similarity_transform(landmarks[i], TEMPLATE)
+        warp_scale[i] = np.sqrt(abs(np.linalg.det(m[:, :2])))
+        warp_angle[i] = np.degrees(np.arctan2(m[1, 0], m[0, 0]))
+        warp_shift[i] = np.hypot(*(m[:, :2] @ [100, 100] + m[:, 2] - [100, 100]))  # where the chip centre moves
+    t_detect = time.time() - t0
+
+    labels = {"gender": test.gender, "ethnicity": test.ethnicity, "age": test.age.astype(float)}
+    kaggle = as_arrays(predictor.attributes(test.images))
+    photo = {k: np.zeros_like(v) for k, v in kaggle.items()}
+    if detected.any():
+        got = as_arrays(predictor.attributes(chips[detected]))
+        for k in photo:
+            photo[k][detected] = got[k]
+    # The --no-detect path on the same JPEGs must give the Kaggle pixels exactly.
+    direct = np.stack([predictor.chip(load_image(files[m])) if m else test.images[i] for i, m in enumerate(matched)])
+    diff = np.abs(chips.astype(float) - test.images.astype(float)).mean((1, 2))[detected]
+
+    result = {
+        "command": "nice -n 19 python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "model": str(args.model),
+        "test_faces": n,
+        "matched_to_utkface_file": int(has_file.sum()),
+        "detected": int(detected.sum()),
+        "detection_rate": round(float(detected.sum() / max(1, has_file.sum())), 4),
+        "missed": sorted(m for m, d in zip(matched, detected) if m and not d),
+        "faces_per_chip": {str(k): int((n_faces[has_file] == k).sum()) for k in sorted(set(n_faces[has_file]))},
+        "min_score": predictor.detector_options["min_score"],
+        "kaggle48_all": scores(labels, kaggle, np.ones(n, bool)),
+        "kaggle48_detected": scores(labels, kaggle, detected),
+        "photo_path_detected": scores(labels, photo, detected),
+        "no_detect_path_equals_kaggle_pixels": bool(np.array_equal(direct, test.images)),
+        "framing": {
+            "mean_abs_pixel_diff_vs_kaggle_48": {
+                "median": round(float(np.median(diff)), 2),
+                "p90": round(float(np.percentile(diff, 90)), 2),
+            },
+            "warp_scale_median_p10_p90": np.round(np.nanpercentile(warp_scale, [50, 10, 90]), 3).tolist(),
+            "warp_rotation_deg_abs_median_p90": np.round(np.nanpercentile(np.abs(warp_angle), [50, 90]), 2).tolist(),
+            "warp_centre_shift_px_of_200_median_p90": np.round(np.nanpercentile(warp_shift, [50, 90]), 2).tolist(),
+        },
+        "agreement_photo_vs_kaggle48_detected": {
+            "gender": round(float((photo["gender"].argmax(1) == kaggle["gender"].argmax(1))[detected].mean()), 4),
+            "ethnicity": round(
+                float((photo["ethnicity"].argmax(1) == kaggle["ethnicity"].argmax(1))[detected].mean()), 4
+            ),
+            **(
+                {"age_mean_abs_diff": round(float(np.abs(photo["age"] - kaggle["age"])[detected].mean()), 3)}
+                if "age" in kaggle
+                else {}
+            ),
+        },
+        # Wall-clock on whatever else the machine was running; not a speed benchmark.
+        "seconds": {"match": round(t_match, 1), "detect_align": round(t_detect, 1), "total": 0.0},
+    }
+    d, k = result["photo_path_detected"], result["kaggle48_detected"]
+    result["photo_minus_kaggle48"] = {
+        key: round(d[key] - k[key], 4) for key in ("gender_accuracy", "ethnicity_accuracy", "age_mae") if key in d
+    }
+    result["seconds"]["total"] = round(time.time() - start, 1)
+    write_json(result, args.out)
+    print({key: result[key] for key in ("detection_rate", "kaggle48_detected", "photo_path_detected")})
+    print(result["framing"], result["photo_minus_kaggle48"])
+    if args.examples:
+        idx = np.flatnonzero(detected)[:: max(1, detected.sum() // 24)][:24]
+        pairs = [np.concatenate([test.images[i], chips[i]], 1) for i in idx]
+        rows = [np.concatenate(pairs[r : r + 6], 1) for r in range(0, len(pairs) - len(pairs) % 6, 6)]
+        Image.fromarray(np.concatenate(rows, 0)).resize((6 * 96 * 2, len(rows) * 96), Image.NEAREST).save(args.examples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Loading the photos users hand the predictor: any format Pillow reads (JPEG, PNG, WebP, BMP,
+...), turned upright by its EXIF orientation and converted to 8-bit RGB whatever its mode (gray,
+palette, alpha, CMYK, 16-bit, float). Decompression bombs are refused before decoding. Every
+failure is an ImageLoadError whose message is one line naming the file and the reason."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceattr.inputerror import InputError
+
+# What a folder given to `faceattr predict` is searched for; a file named explicitly is tried
+# whatever its suffix, so a mislabelled or non-image file gets its own one-line reason.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class ImageLoadError(InputError):
+    """An input that is not a usable image: missing, corrupt, not an image, or too large."""
+
+
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+
+
+def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """An upright 8-bit RGB copy of ``source``: a path, encoded bytes, a PIL image or an array.
+
+    Arrays are (H, W) gray or (H, W, 3|4) RGB[A] in RGB order (convert OpenCV's BGR first):
+    uint8 as is, uint16 as 16-bit, floats in [0, 1]. Images over ``max_pixels`` (default
+    ``PIL.Image.MAX_IMAGE_PIXELS``) are refused from their header alone, before decoding.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if isinstance(source, np.ndarray):
+        return to_rgb8(_from_array(source))
+    if isinstance(source, Image.Image):
+        _check_size(source.size, limit, "image")
+        return to_rgb8(_upright(source))
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes):
+        path = Path(source)
+        if path.is_dir():
+            raise ImageLoadError(f"{label}: is a folder, expected an image file")
+        if not path.is_file():
+            raise ImageLoadError(f"{label}: no such file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; _check_size refuses those too.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                _check_size(im.size, limit, label)
+                im.load()
+                return to_rgb8(_upright(im))
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{label}: refused as a possible decompression bomb ({_first_line(e)})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{label}: not an image (or a format Pillow cannot read)") from None
+    except PermissionError:
+        raise ImageLoadError(f"{label}: permission denied") from None
+    except Exception as e:  # truncated data, broken chunks, unsupported modes: Pillow raises many types
+        raise ImageLoadError(f"{label}: corrupt or unreadable image ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:120] if text else "no detail"
+
+
+def _check_size(size: tuple[int, int], limit: int | None, label: str) -> None:
+    w, h = size
+    if limit is not None and w * h > limit:
+        raise ImageLoadError(
+            f"{label}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels, "
+            f"limit {limit:,}; raise PIL.Image.MAX_IMAGE_PIXELS if the photo is genuine)"
+        )
+    if w < 1 or h < 1:
+        raise ImageLoadError(f"{label}: empty image ({w}x{h})")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block is common in the wild and must not cost
+    the photo, so it leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode. 16-bit and 32-bit gray are scaled (not clipped) to 0..255;
+    transparent areas become white, as a viewer shows them on a page."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in SIXTEEN_BIT or im.mode in ("I", "F"):
+        return Image.fromarray(_gray_to_u8(np.asarray(im), im.mode)).convert("RGB")
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise ImageLoadError(f"colour mode {im.mode} cannot be converted to RGB ({e})") from None
+
+
+def _gray_to_u8(a: np.ndarray, mode: str) -> np.ndarray:
+    a = a.astype(np.float64)
+    if mode in SIXTEEN_BIT or (mode == "I" and a.size and a.max() > 255):
+        a = a / 257.0  # 65535 -> 255
+    elif mode == "F" and a.size and a.max() <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise ImageLoadError(f"array of shape {a.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if a.dtype == np.uint16:
+        a = np.rint(a / 257.0).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ImageLoadError("array holds NaN or infinite values")
+        a = np.clip(np.rint(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        if a.min() < 0 or a.max() > 255:
+            raise ImageLoadError(f"array of {a.dtype} with values outside 0..255")
+        a = a.astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))  # uint8 (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
