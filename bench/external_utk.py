@@ -167,7 +167,7 @@ def main() -> None:
     diff = np.abs(chips.astype(float) - test.images.astype(float)).mean((1, 2))[detected]
 
     result = {
-        "command": "nice -n 19 python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "model": str(args.model),
         "test_faces": n,
         "matched_to_utkface_file": int(has_file.sum()),

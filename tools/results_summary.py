@@ -127,6 +127,17 @@ def main() -> None:
                     f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
                 )
 
+    r = load("external_utk.json")
+    if r:
+        print(f"\n`{r['command']}` (model `{r['model']}`):\n")
+        print(f"- detected {r['detected']} of {r['test_faces']} test faces ({pct(r['detection_rate'])})")
+        print("\n| on the detected faces | 48×48 table pixels | photo → detect → align → 48×48 | difference |")
+        print("|---|---|---|---|")
+        a, b, d = r["kaggle48_detected"], r["photo_path_detected"], r["photo_minus_kaggle48"]
+        for key in ("gender_accuracy", "ethnicity_accuracy"):
+            print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
+        print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
+
 
 if __name__ == "__main__":
     main()
