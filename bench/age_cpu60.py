@@ -23,18 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr.age import age_metrics, age_to_bin, fit_routing_temperature
+from faceattr.age import age_metrics, age_to_bin, fit_routing_temperature, soft_route
 from faceattr.cache import load_prepared, write_json
 from faceattr.metrics import CLASS_NAMES, head_metrics
 from faceattr.tasks import AgeSpec
 from faceattr.train import load_checkpoint, model_from_checkpoint, predict_outputs
-
-
-def tempered_soft_age(prob: np.ndarray, bin_ages: np.ndarray, temperature: float) -> np.ndarray:
-    """Soft routing with the bin probabilities at another temperature (1: plain soft routing)."""
-    logp = np.log(np.clip(prob, 1e-12, None)) / temperature
-    p = np.exp(logp - logp.max(1, keepdims=True))
-    return np.clip((p / p.sum(1, keepdims=True) * bin_ages).sum(1), 1, 116)
 
 
 def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float | None = None) -> dict:
@@ -55,11 +48,9 @@ def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float 
         pred_bin = prob.argmax(1)
         if routing_t is None:
             routing_t = fit_routing_temperature(prob, ages, part.age)
-        out["age_soft"] = age_metrics(part.age, tempered_soft_age(prob, ages, 1.0), edges, pred_bin, **groups)
+        out["age_soft"] = age_metrics(part.age, soft_route(prob, ages, 1.0), edges, pred_bin, **groups)
         out["age_hard"] = age_metrics(part.age, pred["age_hard"], edges, pred_bin, **groups)
-        out["age_soft_tempered"] = age_metrics(
-            part.age, tempered_soft_age(prob, ages, routing_t), edges, pred_bin, **groups
-        )
+        out["age_soft_tempered"] = age_metrics(part.age, soft_route(prob, ages, routing_t), edges, pred_bin, **groups)
         out["routing_temperature"] = routing_t
     else:
         out["age"] = age_metrics(part.age, pred["age"], edges, age_to_bin(pred["age"], edges), **groups)

@@ -143,6 +143,14 @@ def decode_two_stage(
 ROUTING_TEMPERATURES = tuple(round(0.2 + 0.05 * i, 2) for i in range(37))  # 0.2 .. 2.0
 
 
+def soft_route(bin_prob: np.ndarray, bin_ages: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Soft-routed ages (N,) from bin probabilities (N, K) taken at temperature 1 and each bin's
+    regressor age (N, K): the numpy twin of ``decode_two_stage(..., "soft", temperature)``."""
+    z = np.log(np.clip(np.asarray(bin_prob, dtype=float), 1e-12, None)) / temperature
+    p = np.exp(z - z.max(1, keepdims=True))
+    return np.clip((p / p.sum(1, keepdims=True) * bin_ages).sum(1), AGE_MIN, AGE_MAX)
+
+
 def fit_routing_temperature(
     bin_prob: np.ndarray, bin_ages: np.ndarray, true_age: np.ndarray, grid: tuple[float, ...] = ROUTING_TEMPERATURES
 ) -> float:
@@ -158,14 +166,10 @@ def fit_routing_temperature(
     >>> fit_routing_temperature(prob, ages, np.array([10.0, 10.0]))  # the sure bin was right
     0.2
     """
-    logp = np.log(np.clip(np.asarray(bin_prob, dtype=float), 1e-12, None))
     true_age = np.asarray(true_age, dtype=float)
     best, best_mae = 1.0, np.inf
     for t in grid:
-        z = logp / t
-        p = np.exp(z - z.max(1, keepdims=True))
-        pred = np.clip((p / p.sum(1, keepdims=True) * bin_ages).sum(1), AGE_MIN, AGE_MAX)
-        mae = np.abs(pred - true_age).mean()
+        mae = np.abs(soft_route(bin_prob, bin_ages, t) - true_age).mean()
         if mae < best_mae - 1e-9:  # ties keep the lower temperature found first
             best, best_mae = float(t), mae
     return best
