@@ -265,3 +265,24 @@ def tiny_report(tiny_run: Path) -> dict:
 
     _write_fake_section(tiny_run / "explain")
     return evaluate_run(tiny_run, log=lambda *_: None, n_boot=200)
+
+
+@pytest.fixture(scope="session")  # session, like the tiny run: checked (and skipped) before it is trained
+def browser():
+    """Debian's headless chromium through Playwright. Skipped when /usr/bin/chromium is missing,
+    unless FACEATTR_REQUIRE_BROWSER=1 (CI), where a missing browser fails the test."""
+    import os
+
+    from faceattr.browser import CHROMIUM, launch
+
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("FACEATTR_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"FACEATTR_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); set FACEATTR_REQUIRE_BROWSER=1 to fail instead")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+    )
+    with sync_api.sync_playwright() as pw:
+        b = launch(pw)
+        yield b
+        b.close()

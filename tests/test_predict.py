@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data as skdata
 
@@ -23,9 +24,10 @@ from faceattr.cache import Prepared, save_prepared
 from faceattr.cli import main
 from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
+from faceattr.evaluation import apply_temperature
 from faceattr.imageio import ImageLoadError, load_image
 from faceattr.inputerror import InputError
-from faceattr.predictor import Predictor, apply_temperature, expand_inputs
+from faceattr.predictor import Predictor, expand_inputs
 from faceattr.readers import decode_image
 from faceattr.train import train
 
@@ -344,9 +346,22 @@ def test_calibration_file_rescales_probabilities(run_dir, tmp_path, predictor):
         Predictor.from_checkpoint(calibrated_run)
 
 
-def test_from_pretrained_says_what_to_do():
-    with pytest.raises(InputError, match="from_checkpoint"):
-        Predictor.from_pretrained()
+def test_shipped_weights_predict_a_real_face_without_training(astronaut):
+    from faceattr.release import MAX_RELEASE_BYTES, pretrained_path
+
+    path = pretrained_path()
+    assert path.stat().st_size <= MAX_RELEASE_BYTES
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float16}
+    predictor = Predictor.from_pretrained()
+    assert predictor.calibrated and predictor.source == "pretrained:utkface48-v1"
+    assert predictor.release["test"]["n"] > 3000 and predictor.release["split_hash"]
+    (face,) = predictor.predict(astronaut)
+    # Eileen Collins, about 40 when photographed: what any sane face model should say.
+    assert face.gender["female"] > 0.8 and max(face.ethnicity, key=face.ethnicity.get) == "White"
+    assert 25 < face.age < 60
+    with pytest.raises(InputError, match="known: default"):
+        Predictor.from_pretrained("nope")
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -378,9 +393,9 @@ def test_cli_json_reports_every_face_and_goes_on_after_failures(photo_folder, ru
     face = by_name["astronaut.jpg"]["faces"][0]
     assert set(face) == {"box", "score", "landmarks", "age", "gender", "ethnicity"}
     assert len(face["landmarks"]) == 5 and "female" in face["gender"]
-    assert doc["summary"] == {"files": 5, "faces": 2, "failed": 2}
+    assert doc["summary"] == {"files": 5, "faces": 2, "failed": 2, "skipped_not_images": 1}  # README.txt
     lines = err.strip().splitlines()
-    assert len(lines) == 3 and lines[-1] == "5 files, 2 faces, 2 failed"
+    assert len(lines) == 3 and lines[-1] == "5 files, 2 faces, 2 failed, 1 non-image files in folders skipped"
     assert any("broken.jpg" in line and "corrupt" in line for line in lines)
     assert any("notes.txt" in line and "not an image" in line for line in lines)
 
@@ -418,12 +433,17 @@ def test_cli_no_detect_takes_chips_as_they_are(run_dir, tmp_path, capsys):
     assert face["box"] == [0, 0, 48, 48] and face["score"] is None and face["landmarks"] is None
 
 
-def test_cli_without_model_or_inputs_is_a_clear_error(tmp_path, capsys):
-    assert main(["predict", str(tmp_path)]) == 2
-    assert "no pretrained faceattr weights" in capsys.readouterr().err
-    files, missing = expand_inputs([str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "nope.png")])
-    assert files == [] and [reason for _, reason in missing] == [
-        "folder holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif)",
-        "no file matches this pattern",
-        "no such file or folder",
-    ]
+def test_cli_without_inputs_is_a_clear_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 1  # the shipped model, but nothing to read
+    assert "folder holds no image files" in capsys.readouterr().err
+    files, missing, skipped = expand_inputs([str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "nope.png")])
+    assert (
+        files == []
+        and skipped == 0
+        and [reason for _, reason in missing]
+        == [
+            "folder holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif)",
+            "no file matches this pattern",
+            "no such file or folder",
+        ]
+    )

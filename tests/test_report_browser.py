@@ -1,41 +1,11 @@
 """report.html in a real headless browser (Debian's chromium through Playwright): every image
 decodes, nothing is logged as an error, and a screenshot is kept in test-artifacts/report.png.
 
-Skipped when /usr/bin/chromium is missing, unless FACEATTR_REQUIRE_BROWSER=1 (CI), where a
-missing browser fails the test."""
+The browser fixture is in conftest.py."""
 
-import os
 from pathlib import Path
 
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-@pytest.fixture(scope="session")  # session, like the tiny run: checked (and skipped) before it is trained
-def browser():
-    if not CHROMIUM.is_file():
-        if os.environ.get("FACEATTR_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"FACEATTR_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); set FACEATTR_REQUIRE_BROWSER=1 to fail instead")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
-    )
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_report_opens_offline_with_every_image_and_no_errors(browser, tiny_run, tiny_report):

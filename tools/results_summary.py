@@ -138,6 +138,46 @@ def main() -> None:
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
 
+    r = load("release.json")
+    if r:
+        w, o = r["weights"], r["onnx"]
+        print(f"\n`{r['command']}`:\n")
+        print(f"- weights {w['path']}: {w['megabytes']} MiB (float16)")
+        print("\n| test split | float32 (run) | float16 (shipped) |")
+        print("|---|---|---|")
+        for key in ("gender_acc", "ethnicity_acc", "ethnicity_macro_f1", "age_mae"):
+            a, b = w["test_float32"][key], w["test_float16"][key]
+            fmt = (lambda v: f"{v:.3f} y") if key == "age_mae" else pct
+            print(f"| {key} | {fmt(a)} | {fmt(b)} |")
+        print(
+            f"\n- ONNX {o['megabytes']} MiB, max |PyTorch − ONNX Runtime| over all outputs "
+            f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
+        )
+    r = load("bench_predict.json")
+    if r:
+        m = r["machine"]
+        print(f"\n`{r['command']}` ({m['cpu']}, {m['cores_used']} cores):\n")
+        batch = r["classifier"]["onnxruntime"]["batch"]["batch"]
+        print(f"| classifier (48×48 chip → attributes) | one face, median | p90 | batch of {batch} |")
+        print("|---|---|---|---|")
+        for name, c in r["classifier"].items():
+            s1 = c["single_face"]
+            print(
+                f"| {name} | {s1['median_ms']:.2f} ms | {s1['p90_ms']:.2f} ms | {c['batch']['faces_per_s']:.0f} faces/s |"
+            )
+        print()
+        for name, e in r["end_to_end"].items():
+            print(
+                f"- photo → attributes ({name}): {e['median_ms']:.1f} ms median (p90 {e['p90_ms']:.1f}), of which "
+                f"face detection {e['detection_only']['median_ms']:.1f} ms; {e['photo']}"
+            )
+        t = r["targets"]
+        print(
+            f"- targets: ONNX Runtime batch {t['onnxruntime_batch_faces_per_s']['got']} faces/s "
+            f"(want {t['onnxruntime_batch_faces_per_s']['want']}), one face {t['onnxruntime_single_face_ms']['got']} ms "
+            f"(want {t['onnxruntime_single_face_ms']['want']}): {'met' if t['met'] else 'NOT met'}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -9,17 +9,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from faceattr.atomic import atomic_path
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from faceattr.browser import CHROMIUM, launch
 
 
 def main() -> None:
@@ -28,10 +18,10 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--width", type=int, default=1200)
     p.add_argument("--height", type=int, default=1400)
-    p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--chromium", default=CHROMIUM)
     args = p.parse_args()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        browser = launch(pw, args.chromium)
         context = browser.new_context(offline=True, viewport={"width": args.width, "height": args.height})
         page = context.new_page()
         page.goto(args.page.resolve().as_uri(), wait_until="load")

@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="faces in photos: box, landmarks, age, gender, ethnicity")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
-    p.add_argument("--model", type=Path, help="run folder or checkpoint (no pretrained weights ship yet)")
+    p.add_argument(
+        "--model", type=Path, help="run folder, checkpoint or .onnx file (default: the weights shipped in the package)"
+    )
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default="torch", help="PyTorch or ONNX Runtime (default torch)"
+    )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="one JSON document on stdout")
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="CSV, one row per face, on stdout")
@@ -96,6 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are ready face chips")
     p.add_argument("--batch-size", type=int, default=64, help="faces per model batch (default 64)")
     p.add_argument("--min-score", type=float, default=0.9, help="smallest detector score kept (default 0.9)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+
+    p = sub.add_parser("export", help="release weights (float16, calibrated) and/or a self-contained ONNX file")
+    p.add_argument(
+        "run", metavar="RUN", help="run folder, checkpoint or release file; `pretrained` for the shipped one"
+    )
+    p.add_argument("--onnx", type=Path, metavar="FILE", help="write one .onnx file (weights inside, dynamic batch)")
+    p.add_argument(
+        "--weights", type=Path, metavar="FILE", help="write float16 release weights (refused unless better on test)"
+    )
+    p.add_argument("--data", type=Path, help="prepared data folder (default: the one the run was trained on)")
+    p.add_argument("--force", action="store_true", help="replace --weights even if the model there scores better")
+    p.add_argument("--results", type=Path, help="also write what was exported and measured to this JSON file")
+
+    p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and a page to try a photo")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", type=Path, help="run folder, checkpoint or .onnx file (default: the shipped weights)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; Grad-CAM) or onnx")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
     p = sub.add_parser("explain", help="Grad-CAM of every head: overlay grids, mean maps, randomisation check")
@@ -243,7 +267,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         min_score=args.min_score,
+        backend=args.backend,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from faceattr.cache import write_json
+    from faceattr.release import export
+
+    summary = export(
+        args.run,
+        weights=args.weights,
+        onnx=args.onnx,
+        data_dir=args.data,
+        force=args.force,
+        command=_command_line(args),
+    )
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        write_json(summary, args.results)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from faceattr.serve import serve
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port {args.port}: expected 1..65535")
+    return serve(args.model, args.host, args.port, args.backend, args.device)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -285,6 +336,8 @@ COMMANDS = {
     "run": cmd_run,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
+    "serve": cmd_serve,
     "explain": cmd_explain,
     "cluster": cmd_cluster,
 }

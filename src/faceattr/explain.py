@@ -375,6 +375,28 @@ def _cam_output(head: str, age: AgeSpec | None) -> str:
     return head
 
 
+def cam_overlays(
+    model: FaceNet, faces: np.ndarray, mean: float, std: float, age: AgeSpec | None, size: int, device="cpu"
+) -> dict[str, np.ndarray]:
+    """Grad-CAM of each head's own prediction for uint8 faces (N, H, W[, C]), as RGB overlays
+    (N, size, size, 3) uint8 per head (the face and its map enlarged with bicubic filtering)."""
+    from PIL import Image
+
+    pred = predict_outputs(model, faces, mean, std, device, age)
+    out = {}
+    for head in _head_plan(model, age):
+        output = _cam_output(head, age)
+        classes = pred["age_bin_prob"].argmax(1) if output == "age_bin" else None
+        cams = compute_cams(model, faces, mean, std, output, classes, age, device)
+        out[head] = np.stack(
+            [
+                np.asarray(Image.fromarray(overlay(f, c)).resize((size, size), Image.Resampling.BICUBIC))
+                for f, c in zip(faces, cams)
+            ]
+        )
+    return out
+
+
 def explain_images(
     run: str | Path, images: Sequence[str | Path], out: str | Path | None = None, device="cpu", log=print
 ) -> dict:

@@ -22,7 +22,13 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class ImageLoadError(InputError):
-    """An input that is not a usable image: missing, corrupt, not an image, or too large."""
+    """An input that is not a usable image. ``kind`` says which way, for callers that answer
+    differently (the web API's status codes): ``missing``, ``not_image``, ``too_large`` or
+    ``corrupt`` (the default: truncated, broken or undecodable)."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
@@ -45,9 +51,9 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     if not isinstance(source, bytes):
         path = Path(source)
         if path.is_dir():
-            raise ImageLoadError(f"{label}: is a folder, expected an image file")
+            raise ImageLoadError(f"{label}: is a folder, expected an image file", "missing")
         if not path.is_file():
-            raise ImageLoadError(f"{label}: no such file")
+            raise ImageLoadError(f"{label}: no such file", "missing")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; _check_size refuses those too.
@@ -59,11 +65,13 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{label}: refused as a possible decompression bomb ({_first_line(e)})") from None
+        raise ImageLoadError(
+            f"{label}: refused as a possible decompression bomb ({_first_line(e)})", "too_large"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{label}: not an image (or a format Pillow cannot read)") from None
+        raise ImageLoadError(f"{label}: not an image (or a format Pillow cannot read)", "not_image") from None
     except PermissionError:
-        raise ImageLoadError(f"{label}: permission denied") from None
+        raise ImageLoadError(f"{label}: permission denied", "missing") from None
     except Exception as e:  # truncated data, broken chunks, unsupported modes: Pillow raises many types
         raise ImageLoadError(f"{label}: corrupt or unreadable image ({type(e).__name__}: {_first_line(e)})") from None
 
@@ -78,7 +86,8 @@ def _check_size(size: tuple[int, int], limit: int | None, label: str) -> None:
     if limit is not None and w * h > limit:
         raise ImageLoadError(
             f"{label}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels, "
-            f"limit {limit:,}; raise PIL.Image.MAX_IMAGE_PIXELS if the photo is genuine)"
+            f"limit {limit:,}; raise PIL.Image.MAX_IMAGE_PIXELS if the photo is genuine)",
+            "too_large",
         )
     if w < 1 or h < 1:
         raise ImageLoadError(f"{label}: empty image ({w}x{h})")

@@ -22,10 +22,10 @@ from PIL import Image, ImageDraw, ImageFont
 from faceattr.align import FaceDetector, align_face, model_chip
 from faceattr.atomic import atomic_path
 from faceattr.imageio import PHOTO_SUFFIXES, ImageLoadError, ImageSource, load_image
+from faceattr.inference import InferenceModel, OnnxModel, chips_to_pixels, inference_model, onnx_bytes
 from faceattr.inputerror import InputError
 from faceattr.metrics import CLASS_NAMES
-from faceattr.tasks import AgeSpec
-from faceattr.train import load_checkpoint, model_from_checkpoint, predict_outputs, select_device
+from faceattr.train import load_checkpoint, select_device
 
 CALIBRATION_FILE = "calibration.json"
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -73,6 +73,7 @@ class FileResult:
     source: str
     faces: list[Face]
     error: str | None = None
+    error_kind: str | None = None  # ImageLoadError.kind of the error
 
 
 @dataclass
@@ -81,62 +82,102 @@ class _Pending:
     boxes: list[tuple]  # (box, score, landmarks) per face
     chips: list[np.ndarray]
     error: str | None = None
+    error_kind: str | None = None
 
 
 class Predictor:
     """A trained model plus the detector and the preprocessing its checkpoint records.
 
-    >>> predictor = Predictor.from_checkpoint("runs/age/age-two_stage")  # doctest: +SKIP
+    backend: ``torch`` (default) or ``onnx`` (the same model exported in memory and run on ONNX
+    Runtime); ``from_onnx`` runs an exported .onnx file.
+
+    >>> predictor = Predictor.from_pretrained()  # doctest: +SKIP
     >>> [(f.age, f.gender["female"]) for f in predictor.predict("photo.jpg")]  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        ckpt: dict,
+        runner: InferenceModel | OnnxModel,
+        size: int,
+        gray: bool,
+        calibrated: bool,
+        source: str = "",
+        release: dict | None = None,
         device: str = "cpu",
-        temperature: dict[str, float] | None = None,
         min_score: float = 0.9,
         max_side: int = 1600,
         min_face_size: int = 20,
         batch_size: int = 64,
-        source: str = "",
     ):
+        self.runner = runner
+        self.size, self.gray = int(size), bool(gray)
+        self.calibrated = calibrated
+        self.source = source
+        self.release = release or {}
+        self.device = select_device(device)
+        self.detector_options = {"min_score": min_score, "max_side": max_side, "min_face_size": min_face_size}
+        self.batch_size = batch_size
+        self._detector: FaceDetector | None = None
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if isinstance(self.runner, OnnxModel) else "torch"
+
+    @property
+    def torch_model(self) -> InferenceModel | None:
+        """The PyTorch model (for Grad-CAM); None on the ONNX backend."""
+        return self.runner if isinstance(self.runner, InferenceModel) else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", backend: str = "torch", **options) -> Predictor:
+        """A predictor from a run folder (its best.pt), a checkpoint or release file, or an
+        exported .onnx file. A run folder's calibration.json, or the calibration a release file
+        carries, rescales the class probabilities."""
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device=device, **options)
+        ckpt = load_checkpoint(path)
+        run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
+        temperature = (ckpt.get("calibration") or {}).get("temperature") or load_temperature(run_dir, name)
+        return cls._from_loaded(ckpt, temperature, str(path), device, backend, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str = "default", device: str = "cpu", backend: str = "torch", **options
+    ) -> Predictor:
+        """The weights that ship inside the package (see MODEL_CARD.md); no training needed."""
+        from faceattr.release import pretrained_path
+
+        path = pretrained_path(name)
+        ckpt = load_checkpoint(path)
+        temperature = (ckpt.get("calibration") or {}).get("temperature") or {}
+        label = f"pretrained:{(ckpt.get('release') or {}).get('name', name)}"
+        return cls._from_loaded(ckpt, temperature, label, device, backend, **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str = "cpu", **options) -> Predictor:
+        """A predictor over an exported faceattr .onnx file (its input shape gives the chip)."""
+        runner = OnnxModel(path, device=device)
+        _, channels, size, _ = runner.input_shape
+        meta = runner.session.get_modelmeta().custom_metadata_map
+        calibrated = meta.get("faceattr.calibrated") == "true"
+        return cls(runner, size, channels == 1, calibrated, str(path), device=device, **options)
+
+    @classmethod
+    def _from_loaded(
+        cls, ckpt: dict, temperature: dict, source: str, device: str, backend: str, **options
+    ) -> Predictor:
         pre = ckpt["preprocessing"]
         if pre.get("resize") != "area" or pre.get("color") not in ("gray", "rgb"):
             raise InputError(f"{source or 'checkpoint'}: unknown preprocessing {pre} (expected area resize, gray/rgb)")
-        self.device = select_device(device)
-        self.model = model_from_checkpoint(ckpt, self.device)
-        self.size = int(pre["size"])
-        self.gray = pre["color"] == "gray"
-        self.mean, self.std = float(pre["mean"]), float(pre["std"])
-        self.age_spec = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
-        self.temperature = dict(temperature or {})
-        self.detector_options = {"min_score": min_score, "max_side": max_side, "min_face_size": min_face_size}
-        self.batch_size = batch_size
-        self.source = source
-        self._detector: FaceDetector | None = None
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **options) -> Predictor:
-        """A predictor from a run folder (its best.pt) or a checkpoint file. The run folder's
-        calibration.json, when there is one, rescales the class probabilities."""
-        path = Path(path)
-        ckpt = load_checkpoint(path)
-        run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
-        return cls(ckpt, device=device, temperature=load_temperature(run_dir, name), source=str(path), **options)
-
-    @classmethod
-    def from_pretrained(cls, name: str = "default", **options) -> Predictor:
-        """Published weights; none ship yet, so this says what to do instead."""
-        raise InputError(
-            f"no pretrained faceattr weights ship yet (asked for {name!r}); train a model "
-            "(`faceattr run` or `faceattr train`) and pass its run folder: --model RUN or "
-            "Predictor.from_checkpoint(RUN)"
-        )
-
-    @property
-    def calibrated(self) -> bool:
-        return bool(self.temperature)
+        if backend not in ("torch", "onnx"):
+            raise InputError(f"backend {backend!r}: expected torch or onnx")
+        gray, size = pre["color"] == "gray", int(pre["size"])
+        model = inference_model(ckpt, temperature, select_device(device))
+        runner: InferenceModel | OnnxModel = model
+        if backend == "onnx":
+            runner = OnnxModel(onnx_bytes(model, 1 if gray else 3, size), device=device)
+        return cls(runner, size, gray, bool(temperature), source, ckpt.get("release"), device=device, **options)
 
     @property
     def detector(self) -> FaceDetector:
@@ -155,7 +196,7 @@ class Predictor:
         out = []
         for result in self.iter_predict(sources, detect):
             if result.error is not None:
-                raise ImageLoadError(result.error)
+                raise ImageLoadError(result.error, result.error_kind)
             out.append(result.faces)
         return out
 
@@ -178,7 +219,7 @@ class Predictor:
         try:
             image = load_image(source)
         except ImageLoadError as e:
-            return _Pending(label, [], [], error=str(e))
+            return _Pending(label, [], [], error=str(e), error_kind=e.kind)
         if not detect:
             w, h = image.size
             return _Pending(label, [((0.0, 0.0, float(w), float(h)), None, None)], [self.chip(image)])
@@ -199,30 +240,29 @@ class Predictor:
             for (box, score, landmarks), chip in zip(p.boxes, p.chips):
                 faces.append(Face(box, score, landmarks, chip=chip, **attrs[k]))
                 k += 1
-            yield FileResult(p.source, faces, p.error)
+            yield FileResult(p.source, faces, p.error, p.error_kind)
 
     def attributes(self, chips: np.ndarray) -> list[dict]:
         """age / gender / ethnicity of each model-ready chip, uint8 (N, S, S[, 3])."""
-        pred = predict_outputs(self.model, chips, self.mean, self.std, self.device, self.age_spec, self.batch_size)
-        for task, t in self.temperature.items():
-            if task in pred:
-                pred[task] = apply_temperature(pred[task], t)
-        out = []
-        for i in range(len(chips)):
-            out.append(
-                {
-                    "age": float(pred["age"][i]) if "age" in pred else None,
-                    "gender": _named(pred, "gender", i),
-                    "ethnicity": _named(pred, "ethnicity", i),
-                }
-            )
-        return out
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(chips), self.batch_size):
+            for name, value in self.runner.run(chips_to_pixels(chips[start : start + self.batch_size])).items():
+                parts.setdefault(name, []).append(value)
+        pred = {name: np.concatenate(v) for name, v in parts.items()}
+        return [
+            {
+                "age": float(pred["age"][i]) if "age" in pred else None,
+                "gender": _named(pred, "gender", i),
+                "ethnicity": _named(pred, "ethnicity", i),
+            }
+            for i in range(len(chips))
+        ]
 
 
 def _named(pred: dict[str, np.ndarray], task: str, i: int) -> dict[str, float] | None:
-    if task not in pred:
+    if f"{task}_prob" not in pred:
         return None
-    return {name: float(p) for name, p in zip(CLASS_NAMES[task], pred[task][i])}
+    return {name: float(p) for name, p in zip(CLASS_NAMES[task], pred[f"{task}_prob"][i])}
 
 
 def load_temperature(run_dir: Path, checkpoint: str = "best.pt") -> dict[str, float]:
@@ -252,27 +292,24 @@ def load_temperature(run_dir: Path, checkpoint: str = "best.pt") -> dict[str, fl
     return out
 
 
-def apply_temperature(prob: np.ndarray, t: float) -> np.ndarray:
-    """softmax(log(p) / T) row-wise, i.e. the logits divided by T. prob: (N, K).
-
-    >>> np.round(apply_temperature(np.array([[0.8, 0.2]]), 2.0), 4).tolist()
-    [[0.6667, 0.3333]]
-    """
-    logits = np.log(np.clip(prob, 1e-12, 1.0)) / t
-    logits -= logits.max(1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(1, keepdims=True)
-
-
-def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]], int]:
     """Files to read from paths, folders (their images, recursively, in name order) and globs,
-    without repeats; plus (input, reason) for each input that names nothing."""
+    without repeats; (input, reason) for each input that names nothing; and how many files in
+    the folders were passed over for not having an image suffix (a file named directly is
+    always read, and fails with a reason if it is no image)."""
     files: dict[Path, None] = {}
     missing: list[tuple[str, str]] = []
+    passed_over: set[Path] = set()
 
     def add_folder(folder: Path) -> int:
-        found = sorted(f for f in folder.rglob("*") if f.is_file() and f.name.lower().endswith(PHOTO_SUFFIXES))
-        files.update(dict.fromkeys(found))
+        found = []
+        for f in folder.rglob("*"):
+            if f.is_file():
+                if f.name.lower().endswith(PHOTO_SUFFIXES):
+                    found.append(f)
+                else:
+                    passed_over.add(f)
+        files.update(dict.fromkeys(sorted(found)))
         return len(found)
 
     for pattern in patterns:
@@ -293,7 +330,7 @@ def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[tuple[str, 
                 missing.append((pattern, "no file matches this pattern"))
         else:
             missing.append((pattern, "no such file or folder"))
-    return list(files), missing
+    return list(files), missing, len(passed_over - set(files))
 
 
 def predict_files(
@@ -305,6 +342,7 @@ def predict_files(
     batch_size: int = 64,
     device: str = "cpu",
     min_score: float = 0.9,
+    backend: str = "torch",
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -318,11 +356,16 @@ def predict_files(
         raise InputError(f"output format {fmt!r}: expected table, json or csv")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected a positive number")
+    options = {"device": device, "min_score": min_score, "batch_size": batch_size, "backend": backend}
     if model is None:
-        predictor = Predictor.from_pretrained()
+        predictor = Predictor.from_pretrained(**options)
+    elif Path(model).suffix.lower() == ".onnx":
+        if backend != "onnx":
+            raise InputError(f"--model {model}: an ONNX file runs with --backend onnx")
+        predictor = Predictor.from_onnx(model, device=device, min_score=min_score, batch_size=batch_size)
     else:
-        predictor = Predictor.from_checkpoint(model, device=device, min_score=min_score, batch_size=batch_size)
-    files, missing = expand_inputs(inputs)
+        predictor = Predictor.from_checkpoint(model, **options)
+    files, missing, passed_over = expand_inputs(inputs)
     if annotate is not None:
         if annotate.exists() and not annotate.is_dir():
             raise InputError(f"--annotate {annotate}: exists and is not a folder")
@@ -350,9 +393,10 @@ def predict_files(
                     n_failed += 1
         writer.add(result)
     n_files = len(files) + len(missing)
-    summary = {"files": n_files, "faces": n_faces, "failed": n_failed}
+    summary = {"files": n_files, "faces": n_faces, "failed": n_failed, "skipped_not_images": passed_over}
     writer.close(summary)
-    print(f"{n_files} files, {n_faces} faces, {n_failed} failed", file=out if fmt == "table" else err)
+    skipped = f", {passed_over} non-image files in folders skipped" if passed_over else ""
+    print(f"{n_files} files, {n_faces} faces, {n_failed} failed{skipped}", file=out if fmt == "table" else err)
     return 1 if n_failed else 0
 
 
@@ -362,7 +406,7 @@ class _Writer:
     def __init__(self, fmt: str, out: TextIO, predictor: Predictor, width: int):
         self.fmt, self.out, self.width = fmt, out, min(width, 60)
         self.results: list[dict] = []
-        self.meta = {"model": predictor.source, "calibrated": predictor.calibrated}
+        self.meta = {"model": predictor.source, "backend": predictor.backend, "calibrated": predictor.calibrated}
         self.classes = {t: CLASS_NAMES[t] for t in ("gender", "ethnicity")}
         if fmt == "csv":
             self.csv = csv.writer(out)

@@ -1,0 +1,1 @@
+"""The page `faceattr serve` shows (plain HTML + JS, no build step)."""

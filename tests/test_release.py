@@ -1,0 +1,175 @@
+"""Release: the ONNX export (one self-contained file, dynamic batch, the same numbers as PyTorch
+on every output), the ONNX Runtime backend of the predictor, the float16 release weights and
+the rule that only a better model replaces the shipped one."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from faceattr.cli import main
+from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes
+from faceattr.inputerror import InputError
+from faceattr.predictor import Predictor
+from faceattr.readers import read_kaggle_csv
+from faceattr.release import PARITY_TOLERANCE, pretrained_path
+from faceattr.train import load_checkpoint
+from tiny_model import make_tiny_run
+
+TEMPERATURE = {"gender": 0.7, "ethnicity": 1.3}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny trained run with a calibration.json, and its prepared data."""
+    run_dir, data_dir = make_tiny_run(tmp_path_factory.mktemp("release"))
+    (run_dir / "calibration.json").write_text(json.dumps({"temperature": TEMPERATURE, "checkpoint": "best.pt"}))
+    return run_dir, data_dir
+
+
+@pytest.fixture(scope="module")
+def sample_faces() -> np.ndarray:
+    """Real 48x48 faces: the first 64 of the UTKFace sample that ships with faceattr."""
+    with resources.as_file(resources.files("faceattr.sample").joinpath("utkface48_sample.csv.gz")) as path:
+        data, _ = read_kaggle_csv(path)
+    return data.images[:64]
+
+
+def max_diffs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
+    assert set(a) == set(b)
+    return {name: float(np.abs(a[name] - b[name]).max()) for name in a}
+
+
+def test_onnx_export_is_one_file_with_a_dynamic_batch_and_matches_torch(tiny, tmp_path, capsys):
+    run_dir, data_dir = tiny
+    out, results = tmp_path / "onnx" / "tiny.onnx", tmp_path / "release.json"
+    assert main(["export", str(run_dir), "--onnx", str(out), "--data", str(data_dir), "--results", str(results)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["tiny.onnx"]  # no .data side file, no temp file
+    proto = onnx.load(str(out))  # loads with nothing beside it: the weights are inside
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["faceattr.calibrated"] == "true"
+    summary = json.loads(results.read_text())
+    assert summary["onnx"]["checked_on"].startswith("72 test faces")
+    assert max(summary["onnx"]["max_abs_diff"].values()) <= PARITY_TOLERANCE
+
+    torch_model = inference_model(load_checkpoint(run_dir), TEMPERATURE)
+    runtime = OnnxModel(out)
+    assert (
+        runtime.output_names
+        == torch_model.output_names
+        == [
+            "gender_prob",
+            "ethnicity_prob",
+            "age",
+            "age_bin_prob",
+            "gender_logits",
+            "ethnicity_logits",
+            "age_bin_logits",
+            "age_reg_logits",
+        ]
+    )
+    faces = np.load(data_dir / "data.npz")["images"]
+    for n in (1, 7, 100):  # the batch axis is free, including a batch of one
+        pixels = chips_to_pixels(faces[:n])
+        diffs = max_diffs(torch_model.run(pixels), runtime.run(pixels))
+        assert max(diffs.values()) <= PARITY_TOLERANCE, diffs
+    # The graph applies the calibration: its probabilities are softmax(logits / T).
+    got = runtime.run(chips_to_pixels(faces[:5]))
+    want = torch.softmax(torch.from_numpy(got["gender_logits"]) / TEMPERATURE["gender"], 1).numpy()
+    np.testing.assert_allclose(got["gender_prob"], want, atol=1e-6)
+
+
+def test_shipped_model_runs_the_same_on_onnx_runtime(sample_faces):
+    ckpt = load_checkpoint(pretrained_path())
+    model = inference_model(ckpt, ckpt["calibration"]["temperature"])
+    runtime = OnnxModel(onnx_bytes(model, 1, 48))
+    pixels = chips_to_pixels(sample_faces)
+    diffs = max_diffs(model.run(pixels), runtime.run(pixels))
+    assert max(diffs.values()) <= PARITY_TOLERANCE, diffs
+
+
+def test_predict_backend_onnx_gives_the_torch_answers(tiny, tmp_path, capsys):
+    run_dir, data_dir = tiny
+    chips = np.load(data_dir / "data.npz")["images"][:9]
+    by_torch = Predictor.from_checkpoint(run_dir, batch_size=4)
+    by_onnx = Predictor.from_checkpoint(run_dir, backend="onnx", batch_size=4)
+    assert (by_torch.backend, by_onnx.backend) == ("torch", "onnx") and by_onnx.calibrated
+    assert by_onnx.torch_model is None and by_torch.torch_model is not None
+    for a, b in zip(by_torch.predict_many(chips, detect=False), by_onnx.predict_many(chips, detect=False)):
+        assert b[0].age == pytest.approx(a[0].age, abs=1e-3)
+        assert list(b[0].ethnicity.values()) == pytest.approx(list(a[0].ethnicity.values()), abs=PARITY_TOLERANCE)
+
+    from PIL import Image
+
+    Image.fromarray(chips[0]).save(tmp_path / "chip.png")
+    exported = tmp_path / "tiny.onnx"
+    assert main(["export", str(run_dir), "--onnx", str(exported)]) == 0
+    capsys.readouterr()
+    args = ["predict", str(tmp_path / "chip.png"), "--no-detect", "--json"]
+    assert main([*args, "--model", str(exported), "--backend", "onnx"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "onnx" and doc["calibrated"] is True
+    face = doc["results"][0]["faces"][0]
+    want = by_torch.predict(chips[0], detect=False)[0]
+    assert face["gender"]["female"] == pytest.approx(want.gender["female"], abs=1e-4)
+    assert main([*args, "--model", str(exported)]) == 2  # an .onnx file needs --backend onnx
+    assert "--backend onnx" in capsys.readouterr().err
+
+
+def test_release_weights_are_half_precision_and_only_a_better_model_replaces_them(tiny, tmp_path, capsys):
+    run_dir, data_dir = tiny
+    weights, results = tmp_path / "weights.pt", tmp_path / "release.json"
+    cmd = ["export", str(run_dir), "--weights", str(weights), "--data", str(data_dir)]
+    assert main([*cmd, "--results", str(results)]) == 0
+    shipped = torch.load(weights, map_location="cpu", weights_only=True)
+    assert {v.dtype for v in shipped["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert not {"optimizer", "history", "rng"} & set(shipped)
+    assert shipped["calibration"]["temperature"] == TEMPERATURE
+    record = shipped["release"]
+    summary = json.loads(results.read_text())["weights"]
+    assert record["test"] == summary["test_float16"] and record["test"]["n"] == 72
+    # Halving the weights moves no metric by more than rounding noise on 72 faces.
+    full, half = summary["test_float32"], summary["test_float16"]
+    assert abs(full["age_mae"] - half["age_mae"]) < 0.05 and abs(full["gender_acc"] - half["gender_acc"]) <= 1 / 72
+
+    chip = np.full((48, 48), 120, np.uint8)
+    a = Predictor.from_checkpoint(run_dir).predict(chip, detect=False)[0]
+    b = Predictor.from_checkpoint(weights).predict(chip, detect=False)[0]  # calibration travels inside
+    assert b.gender["female"] == pytest.approx(a.gender["female"], abs=5e-3)
+    assert b.age == pytest.approx(a.age, abs=0.1)
+
+    capsys.readouterr()
+    assert main(cmd) == 2  # the same model again is not better
+    assert "not better on the test split" in capsys.readouterr().err
+    assert main([*cmd, "--force"]) == 0
+    worse = dict(shipped, release={**record, "test": {**record["test"], "score": record["test"]["score"] - 0.1}})
+    torch.save(worse, weights)
+    assert main(cmd) == 0  # a better model replaces a worse one
+    torch.save(dict(shipped, release={**record, "split_hash": "another"}), weights)
+    assert main(cmd) == 2
+    assert "canonical split" in capsys.readouterr().err
+
+
+def test_export_bad_inputs_are_one_line_errors(tiny, tmp_path, capsys):
+    run_dir, _ = tiny
+    assert main(["export", str(run_dir)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "faceattr export: error: nothing to export: pass --weights FILE and/or --onnx FILE"
+    )
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["export", str(junk), "--onnx", str(tmp_path / "x.onnx")]) == 2
+    assert "not a readable faceattr checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(InputError, match="bad.onnx: not a loadable ONNX model"):
+        Predictor.from_onnx(bad)

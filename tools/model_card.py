@@ -1,0 +1,279 @@
+"""Write MODEL_CARD.md from the result files of the shipped model, so that every number in the
+card comes from a result file and the command that wrote it (named beside each section):
+
+python tools/model_card.py > MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path("results")
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f} %"
+
+
+def ci_pct(m: dict) -> str:
+    lo, hi = m["ci"]
+    return f"{100 * m['value']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def ci_years(m: dict) -> str:
+    lo, hi = m["ci"]
+    return f"{m['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def source(name: str, data: dict) -> str:
+    return f"_Source: `results/{name}`, written by `{data['command']}`._"
+
+
+def main() -> None:
+    release = load("release.json")
+    report = load("report_cpu60.json")
+    clusters = load("clusters_cpu60.json")
+    external = load("external_utk.json")
+    bench = load("bench_predict.json")
+    w = release["weights"]
+    ds = report["dataset"]
+    head = report["headline"]
+    lines: list[str] = []
+    add = lines.append
+
+    add("# Model card: faceattr `utkface48-v1`")
+    add("")
+    add("<!-- Written by `python tools/model_card.py > MODEL_CARD.md` from results/*.json; do not edit by hand. -->")
+    add("")
+    add(
+        "One small convolutional network that reads a 48×48 grayscale face and gives three "
+        "attributes: **gender** (2 classes, calibrated probabilities), **ethnicity** (5 classes, "
+        "calibrated probabilities) and **age** (years, from a two-stage estimator: six equally "
+        "populated age bins, then a regressor within each bin). It ships inside the `faceattr` "
+        "package and is what `faceattr predict` and `Predictor.from_pretrained()` use."
+    )
+    add("")
+    add("## Model")
+    add("")
+    add(
+        f"- Architecture: ResNet-18 layout (torchvision `BasicBlock`s, blocks 2-2-2-2) with a small-image stem "
+        f"(`{report['config_name']}` profile: 3×3 stride-2 conv + max-pool, widths 64-128-256-512), one linear head "
+        f"per output; {bench['parameters']:,} parameters."
+    )
+    add(
+        f"- Weights: `src/faceattr/weights/utkface48-v1.pt`, float16, {w['megabytes']} MiB, sha256 `{w['sha256'][:16]}…`; "
+        "loaded with `torch.load(..., weights_only=True)`."
+    )
+    add("- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, gray, area-resized to 48×48.")
+    add(
+        "- ONNX: `faceattr export pretrained --onnx faceattr.onnx` writes one self-contained file (dynamic batch, "
+        "calibration and age decoding inside the graph)."
+    )
+    add(
+        f"- Training: `{report['command']}` (prepare → dedupe → split → joint training of all three heads from "
+        f"scratch on the CPU; best epoch {report['epoch']} on validation). The release file was written by "
+        f"`{release['command']}`."
+    )
+    add("")
+    add(source("release.json", release))
+    add("")
+    add("## Data and licence")
+    add("")
+    add(
+        f"- **UTKFace** ({ds['faces_read']:,} faces as the Kaggle `age_gender.csv` table, 48×48 gray). UTKFace is "
+        "released **for non-commercial research only**; so are these weights, which are derived from it."
+    )
+    d = ds["duplicates"]
+    add(
+        f"- **Deduplication before splitting**: {d['exact_pairs']} exact and {d['near_pairs']} near-duplicate pairs "
+        f"({d['groups']} groups) are kept in one split each, so no face leaks between train, validation and test. "
+        f"Labels disagree within many duplicate pairs (gender {pct(d['pairs_gender_differs'])}, ethnicity "
+        f"{pct(d['pairs_ethnicity_differs'])}, age off by more than 5 years {pct(d['pairs_age_gap_over_5'])}); "
+        "label noise of this size bounds every metric below."
+    )
+    s = ds["split"]
+    add(
+        f"- **Split** (hash `{ds['split_hash']}`, the canonical split in `splits/utkface48.csv`): train {s['train']:,}, "
+        f"validation {s['val']:,}, test {s['test']:,}; {s['excluded']} faces left out (the extra copies of duplicate groups that fell in validation or test, "
+        "so each face is scored once)."
+    )
+    add(
+        "- Labels are UTKFace's: gender as two classes, five coarse ethnicity groups (White, Black, Asian, Indian, "
+        "Others) and age 1–116, all annotated from the photo, not self-reported."
+    )
+    add("")
+    add(source("report_cpu60.json", report))
+    add("")
+    add(f"## Test metrics ({report['n']:,} faces, 95 % bootstrap CIs)")
+    add("")
+    add("| metric | value [95 % CI] |")
+    add("|---|---|")
+    add(f"| gender accuracy | {ci_pct(head['gender_accuracy'])} |")
+    add(
+        f"| gender ROC AUC | {head['gender_roc_auc']['value']:.3f} [{head['gender_roc_auc']['ci'][0]:.3f}, "
+        f"{head['gender_roc_auc']['ci'][1]:.3f}] |"
+    )
+    add(f"| ethnicity accuracy | {ci_pct(head['ethnicity_accuracy'])} |")
+    add(f"| ethnicity macro-F1 | {ci_pct(head['ethnicity_macro_f1'])} |")
+    add(f"| age MAE (years) | {ci_years(head['age_mae'])} |")
+    add(f"| age within 5 years (CS@5) | {ci_pct(head['age_cs5'])} |")
+    add("")
+    add(source("report_cpu60.json", report))
+    add("")
+    f32, f16 = w["test_float32"], w["test_float16"]
+    add(
+        f"Halving the weights to float16 changes gender accuracy {pct(f32['gender_acc'], 2)} → "
+        f"{pct(f16['gender_acc'], 2)}, ethnicity accuracy {pct(f32['ethnicity_acc'], 2)} → "
+        f"{pct(f16['ethnicity_acc'], 2)}, age MAE {f32['age_mae']:.3f} → {f16['age_mae']:.3f} years."
+    )
+    add("")
+    add(source("release.json", release))
+    add("")
+    add("Per class (test):")
+    add("")
+    for task in ("gender", "ethnicity"):
+        add(f"| {task} | precision | recall | F1 | faces |")
+        add("|---|---|---|---|---|")
+        for name, c in report[task]["per_class"].items():
+            add(f"| {name} | {pct(c['precision'])} | {pct(c['recall'])} | {pct(c['f1'])} | {c['support']} |")
+        add("")
+    add("## Per-group metrics (test, 95 % bootstrap CIs)")
+    add("")
+    fair = report["fairness"]
+    for group, table in fair.items():
+        add(f"By **{group}**:")
+        add("")
+        add("| group | faces | gender accuracy | ethnicity accuracy | age MAE (years) |")
+        add("|---|---|---|---|---|")
+        for name, g in table["groups"].items():
+            add(
+                f"| {name} | {g['n']} | {ci_pct(g['gender_accuracy'])} | {ci_pct(g['ethnicity_accuracy'])} | "
+                f"{ci_years(g['age_mae'])} |"
+            )
+        add("")
+        gaps = table["gaps"]
+        parts = []
+        for metric in ("gender_accuracy", "ethnicity_accuracy", "age_mae"):
+            gap = gaps.get(metric)
+            if gap:
+                unit = " years" if metric == "age_mae" else " pt"
+                scale = 1 if metric == "age_mae" else 100
+                parts.append(
+                    f"{metric.replace('_', ' ')} {scale * gap['value']:.1f}{unit} ({gap['max_group']} vs "
+                    f"{gap['min_group']}, CI {scale * gap['ci'][0]:.1f}–{scale * gap['ci'][1]:.1f})"
+                )
+        add("Largest gaps: " + "; ".join(parts) + ".")
+        add("")
+    add(source("report_cpu60.json", report))
+    add("")
+    add("## Calibration")
+    add("")
+    add(
+        "Temperature scaling fitted on the validation split (one temperature per head) and stored in the weights; "
+        "the probabilities `faceattr` prints are the scaled ones."
+    )
+    add("")
+    add("| head | temperature | test ECE before | test ECE after |")
+    add("|---|---|---|---|")
+    for task in ("gender", "ethnicity"):
+        c = report["calibration"][task]
+        add(
+            f"| {task} | {c['temperature']:.3f} | {pct(c['eval']['ece_before'], 2)} | {pct(c['eval']['ece_after'], 2)} |"
+        )
+    add("")
+    add("A temperature below 1 means the raw network was under-confident (label smoothing during training).")
+    add("")
+    add(source("report_cpu60.json", report))
+    add("")
+    add("## On photos (detection, alignment, then the model)")
+    add("")
+    add(
+        f"The {external['test_faces']:,} test faces, taken instead from the original 200×200 UTKFace JPEGs through "
+        f"`faceattr predict`'s path (MTCNN, 5-point alignment): faces found in {pct(external['detection_rate'])}; "
+        f"on those, gender accuracy {pct(external['photo_path_detected']['gender_accuracy'])}, ethnicity accuracy "
+        f"{pct(external['photo_path_detected']['ethnicity_accuracy'])}, age MAE "
+        f"{external['photo_path_detected']['age_mae']:.2f} years (the 48×48 table pixels of the same faces: "
+        f"{pct(external['kaggle48_detected']['gender_accuracy'])}, "
+        f"{pct(external['kaggle48_detected']['ethnicity_accuracy'])}, {external['kaggle48_detected']['age_mae']:.2f}). "
+        "Most missed faces are babies. These are still UTKFace photos: accuracy on other kinds of photo "
+        "(other cameras, poses, lighting, populations) is not measured here and will be lower."
+    )
+    add("")
+    add(source("external_utk.json", external))
+    add("")
+    add("## Known failure modes (clusters of test errors)")
+    add("")
+    add(
+        "Test mistakes of each head, clustered on the model's embedding (k-means, k by silhouette); each cluster "
+        "is described by what sets it apart from the other mistakes."
+    )
+    add("")
+    for h in clusters["heads"]:
+        add(f"**{h['head']}**: {h['n_errors']} errors of {h['n_faces']:,} faces.")
+        add("")
+        for c in sorted(h["clusters"], key=lambda c: -c["size"])[:5]:
+            top = max(c["pairs"], key=c["pairs"].get)
+            add(f"- {c['size']} errors: {c['description']}; most often {top} ({c['pairs'][top]}).")
+        add("")
+    add(
+        "In short: gender is close to a coin toss for babies (ages 0-2 in the table above), ethnicity errors "
+        "concentrate on the catch-all *Others* and on *Indian*, and the age of older adults is underestimated. "
+        "Read the per-group tables before relying on any output for a group."
+    )
+    add("")
+    add(source("clusters_cpu60.json", clusters))
+    add("")
+    add("## Speed (this 2-core CPU machine)")
+    add("")
+    c = bench["classifier"]
+    add("| backend | one face (median) | batch of " + str(c["onnxruntime"]["batch"]["batch"]) + " |")
+    add("|---|---|---|")
+    for name, r in c.items():
+        add(f"| {name} | {r['single_face']['median_ms']:.2f} ms | {r['batch']['faces_per_s']:,.0f} faces/s |")
+    e = bench["end_to_end"]
+    add("")
+    add(
+        f"Photo → attributes (512×512 photo, one face): {e['torch']['median_ms']:.0f} ms with PyTorch, "
+        f"{e['onnx']['median_ms']:.0f} ms with ONNX Runtime; face detection takes "
+        f"{e['torch']['detection_only']['median_ms']:.0f} ms of it."
+    )
+    add("")
+    add(source("bench_predict.json", bench))
+    add("")
+    add("## Intended use")
+    add("")
+    add(
+        "- Research and teaching on face-attribute estimation, its errors and its biases; benchmarking; "
+        "aggregate, consented analyses where per-group error rates above are acceptable."
+    )
+    add(
+        "- Trying the model on your own photos (`faceattr predict`, `faceattr serve`) to see what it does and why "
+        "(Grad-CAM)."
+    )
+    add("")
+    add("## Out of scope")
+    add("")
+    add(
+        "- **Any decision about a person**: hiring, admission, credit, policing, border control, age verification "
+        "or access control, medical use. The error rates above, and their differences between groups, rule it out."
+    )
+    add("- **Identification or tracking**: the model does not and must not be used to recognise who someone is.")
+    add(
+        "- **Inferring how people identify**: gender and ethnicity here are UTKFace's annotations of appearance in "
+        "coarse categories (two genders, five groups with a catch-all *Others*); they are not a person's identity."
+    )
+    add(
+        "- Commercial use (UTKFace licence). Faces unlike UTKFace's (profile views, occlusion, very low light, "
+        "drawings) are outside what was tested."
+    )
+    add("")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
