@@ -178,6 +178,19 @@ def main() -> None:
             f"(want {t['onnxruntime_single_face_ms']['want']}): {'met' if t['met'] else 'NOT met'}"
         )
 
+    r = load("bench_serve.json")
+    if r:
+        print(
+            f"\n`{r['command']}` ({r['machine']['cores']} cores; {r['photo']}; server started in {r['startup_seconds']} s):\n"
+        )
+        print("| clients | explain | requests | requests/s | p50 | p95 | statuses |")
+        print("|---|---|---|---|---|---|---|")
+        for p in r["phases"]:
+            print(
+                f"| {p['clients']} | {'yes' if p['explain'] else 'no'} | {p['requests']} | {p['requests_per_s']} | "
+                f"{p['p50_ms']} ms | {p['p95_ms']} ms | {p['statuses']} |"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -11,9 +11,12 @@ one-line reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from importlib import resources
 
 import numpy as np
@@ -97,7 +100,11 @@ BODY_DOC = {
         "description": "the photo: a multipart form with one file field, or the raw image bytes",
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
             },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -290,6 +297,30 @@ def png_data_url(rgb: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread for the duration of a ``with`` block;
+    yields its base URL (port 0: a free port picked by the system). For tests and tools."""
+    import uvicorn
+
+    with socket.socket() as probe:  # uvicorn needs a concrete port to report back
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
 
 
 def serve(model: str | None, host: str, port: int, backend: str, device: str, log_level: str = "info") -> int:
