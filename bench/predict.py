@@ -27,7 +27,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from faceattr.cache import write_json
-from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes
+from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes, usable_cores
 from faceattr.predictor import Predictor
 from faceattr.release import pretrained_path
 from faceattr.train import load_checkpoint
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/bench_predict.json"))
     args = ap.parse_args()
 
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cores()
     torch.set_num_threads(threads)
     path = pretrained_path() if args.model == "pretrained" else Path(args.model)
     ckpt = load_checkpoint(path)

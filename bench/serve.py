@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> floa
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}")
+            proc.log.seek(0)
+            tail = proc.log.read()[-2000:]
+            raise SystemExit(f"the server exited with code {proc.returncode}:\n{tail}")
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
                 return time.monotonic() - start
@@ -53,7 +56,7 @@ def phase(url: str, body: bytes, clients: int, requests_per_client: int, time_li
     """``clients`` threads, each with its own connection, each sending up to
     ``requests_per_client`` requests one after another, all stopping at ``time_limit`` s."""
     latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    statuses: dict[str, int] = {}  # HTTP status or exception name -> count
     lock = threading.Lock()
     stop_at = time.monotonic() + time_limit
     target = f"{url}/v1/predict?explain={'true' if explain else 'false'}"
@@ -64,11 +67,15 @@ def phase(url: str, body: bytes, clients: int, requests_per_client: int, time_li
                 if time.monotonic() > stop_at:
                     return
                 t0 = time.perf_counter()
-                r = session.post(target, data=body, headers={"content-type": "image/jpeg"}, timeout=60)
+                try:
+                    r = session.post(target, data=body, headers={"content-type": "image/jpeg"}, timeout=60)
+                    outcome = str(r.status_code)
+                except requests.RequestException as e:  # counted, never lost with its thread
+                    outcome = type(e).__name__
                 dt = time.perf_counter() - t0
                 with lock:
                     latencies.append(dt)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    statuses[outcome] = statuses.get(outcome, 0) + 1
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -82,7 +89,7 @@ def phase(url: str, body: bytes, clients: int, requests_per_client: int, time_li
         "clients": clients,
         "explain": explain,
         "requests": len(ms),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "statuses": dict(sorted(statuses.items())),
         "seconds": round(wall, 2),
         "requests_per_s": round(len(ms) / wall, 2),
         "p50_ms": round(statistics.median(ms), 1),
@@ -104,7 +111,10 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "faceattr", "serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file, so a long run cannot fill (and stall on) a pipe.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
     try:
         startup = wait_healthy(url, proc)
         print(f"server up in {startup:.1f} s", file=sys.stderr)

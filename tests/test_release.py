@@ -13,12 +13,13 @@ import onnx
 import pytest
 import torch
 
+from faceattr import release
 from faceattr.cli import main
 from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes
 from faceattr.inputerror import InputError
 from faceattr.predictor import Predictor
 from faceattr.readers import read_kaggle_csv
-from faceattr.release import PARITY_TOLERANCE, pretrained_path
+from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, pretrained_path, sha256
 from faceattr.train import load_checkpoint
 from tiny_model import make_tiny_run
 
@@ -146,15 +147,43 @@ def test_release_weights_are_half_precision_and_only_a_better_model_replaces_the
     assert b.age == pytest.approx(a.age, abs=0.1)
 
     capsys.readouterr()
+    before = sha256(weights)
     assert main(cmd) == 2  # the same model again is not better
     assert "not better on the test split" in capsys.readouterr().err
-    assert main([*cmd, "--force"]) == 0
+    assert sha256(weights) == before
     worse = dict(shipped, release={**record, "test": {**record["test"], "score": record["test"]["score"] - 0.1}})
     torch.save(worse, weights)
+    before = sha256(weights)
     assert main(cmd) == 0  # a better model replaces a worse one
+    assert sha256(weights) != before and load_checkpoint(weights)["release"]["test"] == record["test"]
     torch.save(dict(shipped, release={**record, "split_hash": "another"}), weights)
+    before = sha256(weights)
     assert main(cmd) == 2
-    assert "canonical split" in capsys.readouterr().err
+    assert "canonical split" in capsys.readouterr().err and sha256(weights) == before
+    assert main([*cmd, "--force"]) == 0 and sha256(weights) != before
+
+
+def test_the_packaged_weights_take_only_canonical_split_models_under_the_size_limit(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    run_dir, data_dir = tiny
+    packaged = tmp_path / "package" / "utkface48-v1.pt"  # stands in for the file inside faceattr/weights
+    monkeypatch.setattr(release, "packaged_file", lambda: packaged)
+    cmd = ["export", str(run_dir), "--weights", str(packaged), "--data", str(data_dir)]
+    assert main(cmd) == 2
+    assert f"canonical split {CANONICAL_SPLIT}" in capsys.readouterr().err and not packaged.exists()
+    monkeypatch.setattr(release, "CANONICAL_SPLIT", load_checkpoint(run_dir)["split_hash"])
+    monkeypatch.setattr(release, "MAX_RELEASE_BYTES", 10_000)
+    assert main(cmd) == 2
+    assert "over the 10,000-byte limit" in capsys.readouterr().err and not packaged.parent.exists()
+
+
+def test_shipped_weights_are_the_ones_the_release_record_describes():
+    summary = json.loads((Path(__file__).resolve().parents[1] / "results" / "release.json").read_text())
+    path = pretrained_path()
+    assert sha256(path) == summary["weights"]["sha256"] and path.stat().st_size == summary["weights"]["bytes"]
+    assert path.stat().st_size <= MAX_RELEASE_BYTES
+    assert load_checkpoint(path)["split_hash"] == CANONICAL_SPLIT
 
 
 def test_export_bad_inputs_are_one_line_errors(tiny, tmp_path, capsys):
@@ -169,6 +198,13 @@ def test_export_bad_inputs_are_one_line_errors(tiny, tmp_path, capsys):
     assert main(["export", str(junk), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "not a readable faceattr checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+    assert main(["export", str(run_dir), "--onnx", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("is a folder; name the .onnx file to write")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder should be")
+    assert main(["export", str(run_dir), "--onnx", str(blocked / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write" in err and "\n" not in err
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
     with pytest.raises(InputError, match="bad.onnx: not a loadable ONNX model"):

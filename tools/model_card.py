@@ -16,6 +16,18 @@ def load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+def shipped_checkpoint() -> dict:
+    import torch
+
+    from faceattr.release import pretrained_path
+
+    return torch.load(pretrained_path(), map_location="cpu", weights_only=True)
+
+
+def load_release_name() -> str:
+    return shipped_checkpoint()["release"]["name"]
+
+
 def pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f} %"
 
@@ -40,6 +52,17 @@ def main() -> None:
     clusters = load("clusters_cpu60.json")
     external = load("external_utk.json")
     bench = load("bench_predict.json")
+    # Every file must describe the model that ships, or the card would mix two models.
+    for name, data, key in (
+        ("report_cpu60.json", report, "run"),
+        ("clusters_cpu60.json", clusters, "run"),
+        ("external_utk.json", external, "model"),
+    ):
+        if data[key] != release["source"]:
+            raise SystemExit(f"results/{name} describes {data[key]}, the release comes from {release['source']}")
+    if bench["release"] != load_release_name():
+        raise SystemExit("results/bench_predict.json was measured on another model than the packaged one")
+    n_bins = len(shipped_checkpoint()["age"]["edges"]) - 1
     w = release["weights"]
     ds = report["dataset"]
     head = report["headline"]
@@ -53,7 +76,7 @@ def main() -> None:
     add(
         "One small convolutional network that reads a 48×48 grayscale face and gives three "
         "attributes: **gender** (2 classes, calibrated probabilities), **ethnicity** (5 classes, "
-        "calibrated probabilities) and **age** (years, from a two-stage estimator: six equally "
+        f"calibrated probabilities) and **age** (years, from a two-stage estimator: {n_bins} equally "
         "populated age bins, then a regressor within each bin). It ships inside the `faceattr` "
         "package and is what `faceattr predict` and `Predictor.from_pretrained()` use."
     )
@@ -66,7 +89,7 @@ def main() -> None:
         f"per output; {bench['parameters']:,} parameters."
     )
     add(
-        f"- Weights: `src/faceattr/weights/utkface48-v1.pt`, float16, {w['megabytes']} MiB, sha256 `{w['sha256'][:16]}…`; "
+        f"- Weights: `src/faceattr/weights/utkface48-v1.pt`, float16, {w['megabytes']} MB, sha256 `{w['sha256'][:16]}…`; "
         "loaded with `torch.load(..., weights_only=True)`."
     )
     add("- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, gray, area-resized to 48×48.")
@@ -186,7 +209,13 @@ def main() -> None:
             f"| {task} | {c['temperature']:.3f} | {pct(c['eval']['ece_before'], 2)} | {pct(c['eval']['ece_after'], 2)} |"
         )
     add("")
-    add("A temperature below 1 means the raw network was under-confident (label smoothing during training).")
+    temps = [report["calibration"][t]["temperature"] for t in ("gender", "ethnicity")]
+    if all(t < 1 for t in temps):
+        add(
+            "Both temperatures are below 1: the raw network was under-confident, as label smoothing in training tends to make it."
+        )
+    elif all(t > 1 for t in temps):
+        add("Both temperatures are above 1: the raw network was over-confident.")
     add("")
     add(source("report_cpu60.json", report))
     add("")
@@ -228,7 +257,7 @@ def main() -> None:
     add("")
     add(source("clusters_cpu60.json", clusters))
     add("")
-    add("## Speed (this 2-core CPU machine)")
+    add(f"## Speed ({bench['machine']['cpu']}, {bench['machine']['cores_used']} CPU cores, no GPU)")
     add("")
     c = bench["classifier"]
     add("| backend | one face (median) | batch of " + str(c["onnxruntime"]["batch"]["batch"]) + " |")

@@ -142,7 +142,7 @@ def main() -> None:
     if r:
         w, o = r["weights"], r["onnx"]
         print(f"\n`{r['command']}`:\n")
-        print(f"- weights {w['path']}: {w['megabytes']} MiB (float16)")
+        print(f"- weights {w['path']}: {w['megabytes']} MB (float16)")
         print("\n| test split | float32 (run) | float16 (shipped) |")
         print("|---|---|---|")
         for key in ("gender_acc", "ethnicity_acc", "ethnicity_macro_f1", "age_mae"):
@@ -150,7 +150,7 @@ def main() -> None:
             fmt = (lambda v: f"{v:.3f} y") if key == "age_mae" else pct
             print(f"| {key} | {fmt(a)} | {fmt(b)} |")
         print(
-            f"\n- ONNX {o['megabytes']} MiB, max |PyTorch − ONNX Runtime| over all outputs "
+            f"\n- ONNX {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
             f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
         )
     r = load("bench_predict.json")

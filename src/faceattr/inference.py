@@ -144,7 +144,7 @@ class OnnxModel:
         options = ort.SessionOptions()
         # ORT's default spins one thread per core and keeps them spinning between calls; fix
         # the count to the cores we may use and let them sleep, so a server stays polite.
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or usable_cores()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -163,6 +163,13 @@ class OnnxModel:
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)})
         return dict(zip(self.output_names, values))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def chips_to_pixels(chips: np.ndarray) -> np.ndarray:

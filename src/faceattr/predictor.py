@@ -158,7 +158,10 @@ class Predictor:
     def from_onnx(cls, path: str | Path, device: str = "cpu", **options) -> Predictor:
         """A predictor over an exported faceattr .onnx file (its input shape gives the chip)."""
         runner = OnnxModel(path, device=device)
-        _, channels, size, _ = runner.input_shape
+        shape = runner.input_shape
+        if len(shape) != 4 or shape[1] not in (1, 3) or not isinstance(shape[2], int) or shape[2] != shape[3]:
+            raise InputError(f"{path}: input shape {shape}; expected (batch, 1 or 3, S, S)")
+        _, channels, size, _ = shape
         meta = runner.session.get_modelmeta().custom_metadata_map
         calibrated = meta.get("faceattr.calibrated") == "true"
         return cls(runner, size, channels == 1, calibrated, str(path), device=device, **options)
@@ -292,6 +295,18 @@ def load_temperature(run_dir: Path, checkpoint: str = "best.pt") -> dict[str, fl
     return out
 
 
+def load_predictor(model: str | Path | None, backend: str = "torch", device: str = "cpu", **options) -> Predictor:
+    """What ``--model`` and ``--backend`` name: the shipped weights (no model), a run folder or
+    checkpoint on either backend, or an exported .onnx file (ONNX Runtime only)."""
+    if model is None:
+        return Predictor.from_pretrained(device=device, backend=backend, **options)
+    if Path(model).suffix.lower() == ".onnx":
+        if backend != "onnx":
+            raise InputError(f"--model {model}: an ONNX file runs with --backend onnx")
+        return Predictor.from_onnx(model, device=device, **options)
+    return Predictor.from_checkpoint(model, device=device, backend=backend, **options)
+
+
 def expand_inputs(patterns: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]], int]:
     """Files to read from paths, folders (their images, recursively, in name order) and globs,
     without repeats; (input, reason) for each input that names nothing; and how many files in
@@ -356,15 +371,7 @@ def predict_files(
         raise InputError(f"output format {fmt!r}: expected table, json or csv")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected a positive number")
-    options = {"device": device, "min_score": min_score, "batch_size": batch_size, "backend": backend}
-    if model is None:
-        predictor = Predictor.from_pretrained(**options)
-    elif Path(model).suffix.lower() == ".onnx":
-        if backend != "onnx":
-            raise InputError(f"--model {model}: an ONNX file runs with --backend onnx")
-        predictor = Predictor.from_onnx(model, device=device, min_score=min_score, batch_size=batch_size)
-    else:
-        predictor = Predictor.from_checkpoint(model, **options)
+    predictor = load_predictor(model, backend, device, min_score=min_score, batch_size=batch_size)
     files, missing, passed_over = expand_inputs(inputs)
     if annotate is not None:
         if annotate.exists() and not annotate.is_dir():

@@ -10,6 +10,7 @@ better on the same (canonical) test split.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,8 @@ from faceattr.inputerror import InputError
 
 PRETRAINED = {"default": "utkface48-v1.pt"}  # name -> file in faceattr/weights
 PRETRAINED_NAME = "utkface48-v1"
-MAX_RELEASE_BYTES = 25 * 1024 * 1024  # what we promise a pip install costs in weights
+MAX_RELEASE_BYTES = 25_000_000  # 25 MB: what we promise a pip install costs in weights
+CANONICAL_SPLIT = "02c602ac688aea8d"  # splits/utkface48.csv: the test split releases are judged on
 PARITY_TOLERANCE = 1e-4  # max |torch - ONNX Runtime| on any output
 
 
@@ -34,6 +36,11 @@ def pretrained_path(name: str = "default") -> Path:
     if not path.is_file():
         raise InputError(f"{path}: the packaged weights are missing from this install; reinstall faceattr")
     return path
+
+
+def packaged_file() -> Path:
+    """Where the default weights live inside the installed package (they may be absent)."""
+    return Path(str(resources.files("faceattr.weights").joinpath(PRETRAINED["default"])))
 
 
 def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,23 +81,33 @@ def test_headline(ckpt: dict, data_dir: Path, device: torch.device) -> dict:
 
 def check_replaces(path: Path, new: dict, force: bool) -> dict | None:
     """The release record of the weights at ``path`` (None if there are none). Refuses, unless
-    ``force``, to replace weights judged on another split or that score at least as well."""
+    ``force``: the packaged weights from a model judged on another split than the canonical
+    one, and any weights judged on another split or scoring at least as well."""
     from faceattr.train import load_checkpoint
 
+    if path.is_dir():
+        raise InputError(f"--weights {path}: is a folder; name the weight file to write")
+    packaged = path.resolve() == packaged_file().resolve()
+    if packaged and new["split_hash"] != CANONICAL_SPLIT and not force:
+        raise InputError(
+            f"{path}: the shipped weights are judged on the canonical split {CANONICAL_SPLIT} "
+            f"(splits/utkface48.csv); this model was trained on split {new['split_hash']} (--force overrides)"
+        )
     if not path.exists():
         return None
     old = load_checkpoint(path).get("release")
     if old is None or force:
         return old
-    if old["split_hash"] != new["split_hash"]:
+    old_split, old_score = old.get("split_hash"), (old.get("test") or {}).get("score")
+    if old_split != new["split_hash"] or old_score is None:
         raise InputError(
-            f"{path}: the shipped weights were judged on split {old['split_hash']}, this model on "
-            f"{new['split_hash']}; compare on the canonical split (splits/utkface48.csv) or pass --force"
+            f"{path}: the weights there were judged on split {old_split}, this model on {new['split_hash']}; "
+            "compare on the canonical split (splits/utkface48.csv) or pass --force"
         )
-    if new["test"]["score"] <= old["test"]["score"]:
+    if new["test"]["score"] <= old_score:
         raise InputError(
             f"{path}: the new model is not better on the test split (score {new['test']['score']:.4f} vs "
-            f"{old['test']['score']:.4f} shipped); kept the shipped weights (--force replaces them anyway)"
+            f"{old_score:.4f} there); kept those weights (--force replaces them anyway)"
         )
     return old
 
@@ -130,9 +147,9 @@ def export(
     log=print,
 ) -> dict:
     """`faceattr export`: the release weights and/or the ONNX file of a run (or of a release
-    file, or of the packaged weights with ``run="pretrained"``). Returns a summary for
-    results/release.json."""
-    from faceattr.atomic import atomic_path
+    file, or of the packaged weights with ``run="pretrained"``). Everything is built and checked
+    in memory first (size limit, replacement rule, ONNX parity); files are written only when
+    all checks pass. Returns a summary for results/release.json."""
     from faceattr.evaluation import find_data_dir
     from faceattr.inference import inference_model, onnx_bytes
     from faceattr.predictor import load_temperature
@@ -140,22 +157,26 @@ def export(
 
     if weights is None and onnx is None:
         raise InputError("nothing to export: pass --weights FILE and/or --onnx FILE")
+    if onnx is not None and Path(onnx).is_dir():
+        raise InputError(f"--onnx {onnx}: is a folder; name the .onnx file to write")
     path = pretrained_path() if str(run) == "pretrained" else Path(run)
     ckpt = load_checkpoint(path)
     run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
     temperature = (ckpt.get("calibration") or {}).get("temperature") or load_temperature(run_dir, name)
     summary: dict = {"command": command, "source": str(path), "faceattr_version": __version__}
-    needs_data = weights is not None
-    if needs_data or data_dir is not None or (run_dir / "data").is_dir() or (run_dir.parent / "data").is_dir():
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+    else:
         try:
-            data_dir = Path(data_dir) if data_dir else find_data_dir(run_dir, ckpt)
+            data_dir = find_data_dir(run_dir, ckpt)
         except InputError:
-            if needs_data:
+            if weights is not None:  # release metrics need the test split; ONNX parity does not
                 raise
-            data_dir = None
     device = torch.device("cpu")
+    files: list[tuple[Path, bytes]] = []
 
     if weights is not None:
+        weights = Path(weights)
         log("evaluating the float32 and float16 weights on the test split ...")
         full = test_headline(ckpt, data_dir, device)
         release = {
@@ -169,44 +190,47 @@ def export(
         }
         shipped = release_checkpoint(ckpt, temperature, release)
         release["test"] = test_headline(shipped, data_dir, device)
-        previous = check_replaces(Path(weights), release, force)
-        weights = Path(weights)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(weights) as tmp:
-            torch.save(shipped, tmp)
-        size = weights.stat().st_size
+        previous = check_replaces(weights, release, force)
+        buffer = io.BytesIO()
+        torch.save(shipped, buffer)
+        data = buffer.getvalue()
+        if len(data) > MAX_RELEASE_BYTES:
+            raise InputError(
+                f"--weights {weights}: {len(data):,} bytes in float16, over the {MAX_RELEASE_BYTES:,}-byte "
+                "limit for packaged weights; release a smaller model"
+            )
+        files.append((weights, data))
         summary["weights"] = {
             "path": str(weights),
-            "bytes": size,
-            "megabytes": round(size / 2**20, 2),
-            "under_limit": size <= MAX_RELEASE_BYTES,
-            "sha256": sha256(weights),
+            "bytes": len(data),
+            "megabytes": round(len(data) / 1e6, 2),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "test_float32": full,
             "test_float16": release["test"],
-            "replaced": previous and {"name": previous["name"], "test": previous["test"]},
+            "replaced": previous and {"name": previous.get("name"), "test": previous.get("test")},
         }
-        log(f"wrote {weights} ({size / 2**20:.1f} MiB, float16)")
-        ckpt = load_checkpoint(weights)  # export ONNX from exactly what ships
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # ONNX from what ships
 
     if onnx is not None:
+        onnx = Path(onnx)
         model = inference_model(ckpt, temperature)
         pre = ckpt["preprocessing"]
-        channels = 1 if pre["color"] == "gray" else 3
-        release = ckpt.get("release") or {}
+        channels, size = (1 if pre["color"] == "gray" else 3), int(pre["size"])
         metadata = {
             "faceattr.version": __version__,
-            "faceattr.model": release.get("name", str(path)),
+            "faceattr.model": (ckpt.get("release") or {}).get("name", path.name),
             "faceattr.calibrated": "true" if temperature else "false",
-            "faceattr.input": f"float32 (N, {channels}, {pre['size']}, {pre['size']}) pixel values 0..255",
+            "faceattr.input": f"float32 (N, {channels}, {size}, {size}) pixel values 0..255",
         }
-        data = onnx_bytes(model, channels, int(pre["size"]), metadata)
+        data = onnx_bytes(model, channels, size, metadata)
         if data_dir is not None:
             from faceattr.evaluation import load_split_data
 
             images = load_split_data(data_dir, ckpt, "test").part("test").images[:256]
             checked_on = f"{len(images)} test faces of {data_dir}"
         else:
-            images = np.random.default_rng(0).integers(0, 256, (64, pre["size"], pre["size"]), dtype=np.uint8)
+            shape = (64, size, size) if channels == 1 else (64, size, size, 3)
+            images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
             checked_on = "64 random images"
         diffs = parity(model, data, images)
         worst = max(diffs.values())
@@ -214,18 +238,30 @@ def export(
             raise InputError(
                 f"{onnx}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}); not written"
             )
-        onnx = Path(onnx)
-        onnx.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(onnx) as tmp:
-            tmp.write_bytes(data)
+        files.append((onnx, data))
         summary["onnx"] = {
             "path": str(onnx),
             "bytes": len(data),
-            "megabytes": round(len(data) / 2**20, 2),
+            "megabytes": round(len(data) / 1e6, 2),
             "outputs": model.output_names,
             "max_abs_diff": diffs,
             "checked_on": checked_on,
         }
-        log(f"wrote {onnx} ({len(data) / 2**20:.1f} MiB); max |torch - onnxruntime| = {worst:.1e}")
+
+    for target, data in files:
+        write_bytes(target, data)
+        log(f"wrote {target} ({len(data) / 1e6:.1f} MB)")
     summary["score_note"] = "score = mean of gender accuracy, ethnicity macro-F1 and age CS@5 (metrics.selection_score)"
     return summary
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically, with a one-line error for a path that cannot be written."""
+    from faceattr.atomic import atomic_path
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None

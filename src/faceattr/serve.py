@@ -2,22 +2,24 @@
 
 One Predictor is built at start-up and shared by every request: PyTorch inference is
 thread-safe, so requests run concurrently in the server's thread pool; Grad-CAM adds hooks to
-the model, so explanations take a lock. Uploads are read into memory up to a limit (never to
+the network, so it runs on a copy of its own, one explanation at a time. Uploads are read into memory up to a limit (never to
 disk: multipart bodies are parsed from memory, not spooled to temporary files), images are
 checked against a pixel limit before decoding, and each refusal has its own status code and a
-one-line reason.
+one-line reason. At most ``max_in_flight`` requests hold an upload at a time; more get 503.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import io
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -30,10 +32,11 @@ from python_multipart.multipart import parse_options_header
 from faceattr import __version__
 from faceattr.imageio import ImageLoadError, load_image
 from faceattr.metrics import CLASS_NAMES
-from faceattr.predictor import Face, Predictor
+from faceattr.predictor import Face, Predictor, load_predictor
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_BYTES = 10_000_000  # 10 MB
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo; a larger header is refused before decoding
+MAX_IN_FLIGHT = 8  # requests holding an upload at once (each up to ~120 MB decoded at 40 Mpx)
 EXPLAIN_SIZE = 144  # side of the Grad-CAM overlays sent to the page (the model sees 48x48)
 STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "corrupt": 422, "missing": 422}
 
@@ -57,8 +60,8 @@ class FaceOut(BaseModel):
 
 
 class ModelRef(BaseModel):
-    name: str
-    version: str
+    name: str = Field(description="release name (or the model file's name for an unreleased model)")
+    version: str = Field(description="release date of the weights, or 'unreleased'")
     backend: str
     calibrated: bool
 
@@ -93,6 +96,7 @@ ERRORS = {
     413: {"model": Problem, "description": "upload or image too large"},
     415: {"model": Problem, "description": "not an image"},
     422: {"model": Problem, "description": "corrupt image or bad request"},
+    503: {"model": Problem, "description": "too many requests in progress; retry"},
 }
 BODY_DOC = {
     "requestBody": {
@@ -125,7 +129,12 @@ class Refused(Exception):
         self.status = status
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    max_in_flight: int = MAX_IN_FLIGHT,
+) -> FastAPI:
     """The ASGI app around one shared ``predictor``."""
     app = FastAPI(
         title="faceattr",
@@ -133,11 +142,13 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, m
         description="Gender, ethnicity and age of every face in a photo, with calibrated probabilities "
         "and Grad-CAM explanations. " + INTENDED_USE,
     )
-    cam_lock = threading.Lock()
+    slots = threading.BoundedSemaphore(max_in_flight)
+    explainer = Explainer(predictor)
     release = predictor.release or {}
     model_ref = ModelRef(
-        name=release.get("name", predictor.source),
-        version=release.get("faceattr_version", __version__),
+        # Never a local path: the endpoints need no authentication.
+        name=release.get("name", Path(predictor.source).name),
+        version=release.get("created", "unreleased"),
         backend=predictor.backend,
         calibrated=predictor.calibrated,
     )
@@ -176,7 +187,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, m
             age=None if spec is None else {"head": spec.head, "bin_edges": list(spec.edges)},
             metrics=metrics,
             intended_use=INTENDED_USE,
-            limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels},
+            limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight},
         )
 
     @app.post("/v1/predict", response_model=Prediction, responses=ERRORS, openapi_extra=BODY_DOC)
@@ -186,23 +197,33 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES, m
         detect: bool = Query(True, description="false: the whole image is one ready face chip"),
     ) -> Prediction:
         started = time.perf_counter()
-        data = await read_upload(request, max_upload_bytes)
+        if explain and predictor.torch_model is None:
+            raise Refused(422, "explain=true needs the PyTorch backend (this server runs ONNX Runtime)")
+        # A bounded number of requests hold an upload and a decoded photo at once; the rest are
+        # told to come back rather than queueing photos in memory.
+        if not slots.acquire(blocking=False):
+            raise Refused(503, f"busy: {max_in_flight} requests in progress; retry shortly")
+        try:
+            data = await read_upload(request, max_upload_bytes)
+            # Decoding, detection and Grad-CAM run in the thread pool, never on the event loop.
+            (w, h), faces, overlays = await run_in_threadpool(answer, data, detect, explain)
+        finally:
+            slots.release()
+        out = [FaceOut(**f.to_dict()) for f in faces]
+        for face, maps in zip(out, overlays or []):
+            face.explain = maps
+        return Prediction(
+            model=model_ref, image={"width": w, "height": h}, faces=out, seconds=round(time.perf_counter() - started, 4)
+        )
+
+    def answer(data: bytes, detect: bool, explain: bool):
         try:
             image = load_image(data, max_pixels=max_pixels)
         except ImageLoadError as e:
             raise Refused(STATUS_FOR_KIND.get(e.kind, 422), "upload: " + str(e).removeprefix("<bytes>: ")) from None
-        faces = await run_in_threadpool(predictor.predict, image, detect)
-        out = [FaceOut(**f.to_dict()) for f in faces]
-        if explain and faces:
-            if predictor.torch_model is None:
-                raise Refused(422, "explain=true needs the PyTorch backend (this server runs ONNX Runtime)")
-            overlays = await run_in_threadpool(explain_faces, predictor, faces, cam_lock)
-            for face, maps in zip(out, overlays):
-                face.explain = maps
-        w, h = image.size
-        return Prediction(
-            model=model_ref, image={"width": w, "height": h}, faces=out, seconds=round(time.perf_counter() - started, 4)
-        )
+        faces = predictor.predict(image, detect)
+        overlays = explainer.explain(faces) if explain and faces else None
+        return image.size, faces, overlays
 
     return app
 
@@ -282,15 +303,29 @@ def first_file(body: bytes, boundary: bytes | None) -> bytes:
     return b"".join((with_name or parts)[0]["data"])
 
 
-def explain_faces(predictor: Predictor, faces: list[Face], lock: threading.Lock) -> list[dict[str, str]]:
-    """Grad-CAM overlay (PNG data URL) of each face for each head's prediction."""
-    from faceattr.explain import cam_overlays
+class Explainer:
+    """Grad-CAM for the server. It runs on its own copy of the network, made on first use:
+    Grad-CAM hooks the layer it explains, and hooks on the shared model would also fire (and
+    mix activations) for the plain predictions running beside it. One explanation at a time."""
 
-    model = predictor.torch_model
-    chips = np.stack([f.chip for f in faces])
-    with lock:  # Grad-CAM hooks the shared model: one explanation at a time
-        maps = cam_overlays(model.net, chips, model.mean, model.std, model.age, EXPLAIN_SIZE)
-    return [{head: png_data_url(images[i]) for head, images in maps.items()} for i in range(len(faces))]
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.lock = threading.Lock()
+        self.net = None
+
+    def explain(self, faces: list[Face]) -> list[dict[str, str]]:
+        """Grad-CAM overlay (PNG data URL) of each face for each head's own prediction."""
+        from faceattr.explain import cam_overlays
+
+        model = self.predictor.torch_model
+        chips = np.stack([f.chip for f in faces])
+        with self.lock:
+            if self.net is None:
+                self.net = copy.deepcopy(model.net).eval()
+            maps = cam_overlays(
+                self.net, chips, model.mean, model.std, model.age, EXPLAIN_SIZE, device=self.predictor.device
+            )
+        return [{head: png_data_url(images[i]) for head, images in maps.items()} for i in range(len(faces))]
 
 
 def png_data_url(rgb: np.ndarray) -> str:
@@ -327,12 +362,7 @@ def serve(model: str | None, host: str, port: int, backend: str, device: str, lo
     """`faceattr serve`: load the model once and run uvicorn until interrupted."""
     import uvicorn
 
-    if model is None:
-        predictor = Predictor.from_pretrained(device=device, backend=backend)
-    elif str(model).lower().endswith(".onnx"):
-        predictor = Predictor.from_onnx(model, device=device)
-    else:
-        predictor = Predictor.from_checkpoint(model, device=device, backend=backend)
+    predictor = load_predictor(model, backend, device)
     app = create_app(predictor)
     print(f"faceattr serve: {predictor.source} on http://{host}:{port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
