@@ -86,11 +86,16 @@ def test_head_output_selects_one_head_or_the_decoded_age(loaded):
         HeadOutput(model, "smile")
 
 
-def _hand_grad_cam(model, x, score) -> np.ndarray:
-    """Grad-CAM by hand: channel weights = mean gradient of the score over the layer4 map."""
-    feats = model.forward_features(x)  # (B, C, h, w)
+def _hand_grad_cam(model, x, score, layer="layer4") -> np.ndarray:
+    """Grad-CAM by hand: channel weights = mean gradient of the score over ``layer``'s map."""
+    blocks = ["stem", "layer1", "layer2", "layer3", "layer4"]
+    for name in blocks[: blocks.index(layer) + 1]:
+        x = getattr(model, name)(x)
+    feats = x  # (B, C, h, w)
     feats.retain_grad()
-    z = model.pool(feats)
+    for name in blocks[blocks.index(layer) + 1 :]:
+        x = getattr(model, name)(x)
+    z = model.pool(x)
     out = {name: head(z) for name, head in model.heads.items()}
     score(out).sum().backward()
     cam = torch.relu((feats.grad.mean((2, 3), keepdim=True) * feats).sum(1)).detach().numpy()
@@ -109,13 +114,14 @@ def test_targets_match_a_hand_computed_grad_cam(loaded):
     x = to_input(torch.from_numpy(faces), mean, std)
     model.eval()
     classes = np.array([3, 0, 1, 4, 2, 3])
-    cams = compute_cams(model, faces, mean, std, "ethnicity", classes)
-    expected = _hand_grad_cam(model, x, lambda out: out["ethnicity"][torch.arange(6), torch.from_numpy(classes)])
-    assert np.allclose(cams, expected, atol=1e-4)
     from faceattr.explain import age_value
 
-    cams = compute_cams(model, faces, mean, std, "age", age=age)
-    assert np.allclose(cams, _hand_grad_cam(model, x, lambda out: age_value(out, age)), atol=1e-4)
+    for layer in ("layer2", "layer4"):
+        cams = compute_cams(model, faces, mean, std, "ethnicity", classes, layer=layer)
+        score = lambda out: out["ethnicity"][torch.arange(6), torch.from_numpy(classes)]  # noqa: E731
+        assert np.allclose(cams, _hand_grad_cam(model, x, score, layer), atol=1e-4)
+        cams = compute_cams(model, faces, mean, std, "age", age=age, layer=layer)
+        assert np.allclose(cams, _hand_grad_cam(model, x, lambda out: age_value(out, age), layer), atol=1e-4)
     # Another class gives another map: the target really selects the class.
     other = compute_cams(model, faces, mean, std, "ethnicity", (classes + 1) % 5)
     assert not np.allclose(other, compute_cams(model, faces, mean, std, "ethnicity", classes), atol=1e-3)
@@ -147,6 +153,45 @@ def test_sanity_check_maps_change_when_weights_are_randomised(loaded):
     assert [s["randomised"][-1] for s in check["cascade"]] == ["heads", "layer4", "layer3", "layer2", "layer1", "stem"]
     assert check["maps"]["trained"].shape == (32, 48, 48)
     assert _no_hooks(model)
+
+
+def test_mirror_check_tells_maps_that_follow_the_face_from_maps_that_stay_put(loaded, monkeypatch):
+    import faceattr.explain as explain
+
+    ckpt, model, _, test = loaded
+    mean, std = ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"]
+    faces = test.images[:8].copy()
+    faces[:, :, :20] //= 4  # a dark left side, so faces and their mirror images differ
+
+    def follows_face(model, images, *args, **kwargs):  # a "map" that is the face itself
+        return images.astype(np.float32) / 255
+
+    def stays_put(model, images, *args, **kwargs):  # hot on the left whatever the face
+        return np.broadcast_to(np.linspace(1, 0, 48, dtype=np.float32), images.shape[:3]).copy()
+
+    monkeypatch.setattr(explain, "compute_cams", follows_face)
+    assert sanity_check(model, faces, mean, std)["mirror_consistency"] == pytest.approx(1.0)
+    monkeypatch.setattr(explain, "compute_cams", stays_put)
+    assert sanity_check(model, faces, mean, std)["mirror_consistency"] == pytest.approx(-1.0)
+
+
+def test_cam_overlays_are_rgb_per_head_and_flag_empty_maps(loaded, monkeypatch):
+    import faceattr.explain as explain
+
+    ckpt, model, age, test = loaded
+    mean, std = ckpt["preprocessing"]["mean"], ckpt["preprocessing"]["std"]
+    real = explain.compute_cams
+
+    def no_heat_for_age(model, images, mean, std, output, *args, **kwargs):
+        cams = real(model, images, mean, std, output, *args, **kwargs)
+        return np.zeros_like(cams) if output == "age_bin" else cams
+
+    monkeypatch.setattr(explain, "compute_cams", no_heat_for_age)
+    out = explain.cam_overlays(model, test.images[:3], mean, std, age, 96)
+    assert set(out) == {"gender", "ethnicity", "age"}
+    for head, (images, empty) in out.items():
+        assert images.shape == (3, 96, 96, 3) and images.dtype == np.uint8
+        assert empty.tolist() == [head == "age"] * 3
 
 
 def test_explain_run_writes_grids_mean_maps_and_index(tiny):

@@ -150,7 +150,7 @@ def test_oversize_uploads_are_refused_whole_or_streamed(client):
 def test_explain_adds_a_grad_cam_overlay_per_face_and_head(client, astronaut):
     r = client.post("/v1/predict?explain=true", content=jpeg(astronaut))
     (face,) = r.json()["faces"]
-    assert set(face["explain"]) == {"gender", "ethnicity", "age"}
+    assert set(face["explain"]) == {"gender", "ethnicity", "age"} and set(face["explain_empty"]) <= set(face["explain"])
     for url in face["explain"].values():
         assert url.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:

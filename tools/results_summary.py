@@ -191,6 +191,17 @@ def main() -> None:
                 f"{p['p50_ms']} ms | {p['p95_ms']} ms | {p['statuses']} |"
             )
 
+    r = load("gradcam_layers.json")
+    if r:
+        print(f"\n`{r['command']}` ({r['faces']} {r['split']} faces; Spearman means):\n")
+        print("| layer | map | head | trained vs noisy input | trained vs re-initialised | mirror check |")
+        print("|---|---|---|---|---|---|")
+        for x in r["rows"]:
+            print(
+                f"| {x['layer']} | {x['cells']}×{x['cells']} | {x['head']} | {x['trained_vs_noisy_input']:.2f} | "
+                f"{x['full_randomisation']:.2f} | {x['mirror_consistency']:.2f} |"
+            )
+
 
 if __name__ == "__main__":
     main()

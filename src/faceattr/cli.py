@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", type=Path, help="run folder (with best.pt) or checkpoint")
     _add_analysis_options(p, "explain")
     p.add_argument("--images", nargs="+", type=Path, metavar="FILE", help="explain these image files instead")
+    p.add_argument(
+        "--layer",
+        default="layer2",
+        choices=["layer1", "layer2", "layer3", "layer4"],
+        help="block whose map Grad-CAM uses (default layer2; see results/gradcam_layers.json)",
+    )
     p.add_argument("--errors", type=int, default=16, help="misclassified faces per head in the grids (default 16)")
     p.add_argument("--correct", type=int, default=16, help="correct faces per head in the grids (default 16)")
 
@@ -311,7 +317,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     if args.images:
-        explain_images(args.run_dir, args.images, args.out, device=device)
+        explain_images(args.run_dir, args.images, args.out, device=device, layer=args.layer)
         return 0
     explain_run(
         args.run_dir,
@@ -322,6 +328,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         n_correct=args.correct,
         seed=args.seed,
         device=device,
+        layer=args.layer,
     )
     return 0
 

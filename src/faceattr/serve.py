@@ -57,6 +57,9 @@ class FaceOut(BaseModel):
     explain: dict[str, str] | None = Field(
         default=None, description="head -> Grad-CAM overlay of the face, PNG as a data: URL (explain=true)"
     )
+    explain_empty: list[str] | None = Field(
+        default=None, description="heads whose map is empty: no region of the face raised that output"
+    )
 
 
 class ModelRef(BaseModel):
@@ -211,7 +214,7 @@ def create_app(
             slots.release()
         out = [FaceOut(**f.to_dict()) for f in faces]
         for face, maps in zip(out, overlays or []):
-            face.explain = maps
+            face.explain, face.explain_empty = maps["explain"], maps["explain_empty"]
         return Prediction(
             model=model_ref, image={"width": w, "height": h}, faces=out, seconds=round(time.perf_counter() - started, 4)
         )
@@ -313,8 +316,9 @@ class Explainer:
         self.lock = threading.Lock()
         self.net = None
 
-    def explain(self, faces: list[Face]) -> list[dict[str, str]]:
-        """Grad-CAM overlay (PNG data URL) of each face for each head's own prediction."""
+    def explain(self, faces: list[Face]) -> list[dict]:
+        """Per face: Grad-CAM overlays (PNG data URLs) for each head's own prediction, and the
+        heads whose map came out empty."""
         from faceattr.explain import cam_overlays
 
         model = self.predictor.torch_model
@@ -325,7 +329,13 @@ class Explainer:
             maps = cam_overlays(
                 self.net, chips, model.mean, model.std, model.age, EXPLAIN_SIZE, device=self.predictor.device
             )
-        return [{head: png_data_url(images[i]) for head, images in maps.items()} for i in range(len(faces))]
+        return [
+            {
+                "explain": {head: png_data_url(images[i]) for head, (images, _) in maps.items()},
+                "explain_empty": [head for head, (_, empty) in maps.items() if empty[i]],
+            }
+            for i in range(len(faces))
+        ]
 
 
 def png_data_url(rgb: np.ndarray) -> str:
