@@ -400,6 +400,19 @@ def test_cli_json_reports_every_face_and_goes_on_after_failures(photo_folder, ru
     assert any("notes.txt" in line and "not an image" in line for line in lines)
 
 
+def test_cli_jsonl_streams_one_line_per_photo_then_a_summary(photo_folder, run_dir, capsys):
+    rc = main(["predict", str(photo_folder), "--model", str(run_dir), "--jsonl"])
+    out, err = capsys.readouterr()
+    assert rc == 1  # broken.jpg
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x["type"] for x in lines] == ["meta", "result", "result", "result", "result", "summary"]
+    assert lines[0]["backend"] == "torch"
+    results = {Path(x["file"]).name: x for x in lines[1:-1]}
+    assert len(results["astronaut.jpg"]["faces"]) == 1 and "error" in results["broken.jpg"]
+    assert lines[-1] == {"type": "summary", "files": 4, "faces": 2, "failed": 1, "skipped_not_images": 1}
+    assert "broken.jpg" in err
+
+
 def test_cli_table_csv_and_annotate(photo_folder, run_dir, tmp_path, capsys):
     photos = [str(photo_folder / "astronaut.jpg"), str(photo_folder / "*.webp")]
     annotated = tmp_path / "annotated"

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="one JSON document on stdout")
+    fmt.add_argument(
+        "--jsonl",
+        dest="fmt",
+        action="store_const",
+        const="jsonl",
+        help="JSON Lines on stdout, one line per photo as it is done (for large folders)",
+    )
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="CSV, one row per face, on stdout")
     p.set_defaults(fmt="table")
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write copies of the photos with boxes and labels")

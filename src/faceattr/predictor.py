@@ -367,8 +367,8 @@ def predict_files(
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    if fmt not in ("table", "json", "csv"):
-        raise InputError(f"output format {fmt!r}: expected table, json or csv")
+    if fmt not in ("table", "json", "jsonl", "csv"):
+        raise InputError(f"output format {fmt!r}: expected table, json, jsonl or csv")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected a positive number")
     predictor = load_predictor(model, backend, device, min_score=min_score, batch_size=batch_size)
@@ -408,7 +408,8 @@ def predict_files(
 
 
 class _Writer:
-    """Streams results as a table or CSV rows; JSON is one document written at the end."""
+    """Streams results as table rows, CSV rows or JSON Lines (one object per input as soon as it
+    is done, then a summary line); JSON is one document written at the end."""
 
     def __init__(self, fmt: str, out: TextIO, predictor: Predictor, width: int):
         self.fmt, self.out, self.width = fmt, out, min(width, 60)
@@ -420,16 +421,24 @@ class _Writer:
             lm = [f"{n}_{c}" for n in LANDMARK_NAMES for c in "xy"]
             probs = [f"p_{t}_{c}" for t, names in self.classes.items() for c in names]
             self.csv.writerow(["file", "face", "x1", "y1", "x2", "y2", "score", *lm, "age", *probs, "error"])
+        elif fmt == "jsonl":
+            self._line({"type": "meta", **self.meta})
         elif fmt == "table":
             print(
                 f"{'file':<{self.width}}  face  {'box (x1,y1,x2,y2)':<24} score    age  {'gender':<13}  ethnicity",
                 file=out,
             )
 
+    def _line(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
     def add(self, r: FileResult) -> None:
+        item = {"file": r.source, "faces": [f.to_dict() for f in r.faces]}
+        item = {**item, "error": r.error} if r.error else item
         if self.fmt == "json":
-            item = {"file": r.source, "faces": [f.to_dict() for f in r.faces]}
-            self.results.append({**item, "error": r.error} if r.error else item)
+            self.results.append(item)
+        elif self.fmt == "jsonl":
+            self._line({"type": "result", **item})
         elif self.fmt == "csv":
             self._csv_rows(r)
         else:
@@ -472,6 +481,8 @@ class _Writer:
         if self.fmt == "json":
             json.dump({**self.meta, "results": self.results, "summary": summary}, self.out, indent=2)
             self.out.write("\n")
+        elif self.fmt == "jsonl":
+            self._line({"type": "summary", **summary})
 
 
 def _top(probs: dict[str, float] | None) -> str:
