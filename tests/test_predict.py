@@ -172,12 +172,12 @@ def test_utkface_style_chip_goes_through_detect_align_to_its_kaggle_row(predicto
 # --- loading what users have ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "HEIF"])
 def test_common_formats_load_as_rgb(fmt, tmp_path):
     rng = np.random.default_rng(3)
     arr = np.kron(rng.integers(0, 256, (3, 4, 3)), np.ones((20, 20, 1))).astype(np.uint8)
     path = tmp_path / f"x.{fmt.lower()}"
-    Image.fromarray(arr).save(path, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    Image.fromarray(arr).save(path, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP", "HEIF") else {}))
     im = load_image(path)
     assert im.mode == "RGB" and im.size == (80, 60)
     assert np.abs(np.asarray(im).astype(int) - arr).mean() < 6
@@ -455,7 +455,7 @@ def test_cli_without_inputs_is_a_clear_error(tmp_path, capsys):
         and skipped == 0
         and [reason for _, reason in missing]
         == [
-            "folder holds no image files (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif)",
+            "folder holds no image files (.jpg, .jpeg, .png, .webp, .heic, .heif, .bmp, .tif, .tiff, .gif)",
             "no file matches this pattern",
             "no such file or folder",
         ]

@@ -96,6 +96,13 @@ def test_good_photo_as_multipart_and_as_raw_bytes(client, astronaut):
     assert face["explain"] is None
 
 
+def test_a_phone_photo_in_heic_is_read(client, astronaut):
+    buffer = io.BytesIO()
+    astronaut.save(buffer, format="HEIF", quality=90)
+    r = client.post("/v1/predict", files={"file": ("IMG_0001.HEIC", buffer.getvalue(), "image/heic")})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
 def test_no_face_and_several_faces(client, astronaut):
     wall = client.post("/v1/predict", content=png(Image.new("RGB", (300, 200), (200, 180, 160))))
     assert wall.status_code == 200 and wall.json()["faces"] == []
@@ -314,6 +321,12 @@ def test_page_shows_a_prediction_and_grad_cam_in_chromium(browser, server_url, a
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     page.wait_for_function("document.querySelectorAll('article.face').length === 2")
     assert "2 faces" in page.locator("#status").inner_text()
+    # A HEIC photo, which Chromium cannot display: the faces are listed, the photo is not drawn.
+    heic = tmp_path / "IMG_0001.HEIC"
+    astronaut.save(heic, format="HEIF", quality=90)
+    page.set_input_files("#file", str(heic))
+    page.wait_for_function("document.getElementById('status').textContent.includes('cannot display')")
+    assert page.locator("article.face").count() == 1 and page.locator("#canvas").is_hidden()
     # A refusal shows its reason on the page.
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")

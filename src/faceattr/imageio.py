@@ -1,5 +1,5 @@
 """Loading the photos users hand the predictor: any format Pillow reads (JPEG, PNG, WebP, BMP,
-...), turned upright by its EXIF orientation and converted to 8-bit RGB whatever its mode (gray,
+HEIC/HEIF through pillow-heif, ...), turned upright by its EXIF orientation and converted to 8-bit RGB whatever its mode (gray,
 palette, alpha, CMYK, 16-bit, float). Decompression bombs are refused before decoding. Every
 failure is an ImageLoadError whose message is one line naming the file and the reason."""
 
@@ -10,13 +10,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceattr.inputerror import InputError
 
 # What a folder given to `faceattr predict` is searched for; a file named explicitly is tried
 # whatever its suffix, so a mislabelled or non-image file gets its own one-line reason.
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif")
+# Phones save HEIC by default; Pillow reads it once pillow-heif registers its opener.
+pillow_heif.register_heif_opener()
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 

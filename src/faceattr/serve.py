@@ -117,6 +117,7 @@ BODY_DOC = {
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "image/heic": {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
