@@ -28,7 +28,7 @@ from skimage import data as skdata
 
 from faceattr.cache import write_json
 from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes, usable_cores
-from faceattr.predictor import Predictor
+from faceattr.predictor import Predictor, half_widths
 from faceattr.release import pretrained_path
 from faceattr.train import load_checkpoint
 
@@ -88,15 +88,16 @@ def main() -> None:
     torch.set_num_threads(threads)
     path = pretrained_path() if args.model == "pretrained" else Path(args.model)
     ckpt = load_checkpoint(path)
-    temperature = (ckpt.get("calibration") or {}).get("temperature") or {}
-    model = inference_model(ckpt, temperature)
+    calibration = ckpt.get("calibration") or {}
+    temperature, half = calibration.get("temperature") or {}, half_widths(calibration, ckpt)
+    model = inference_model(ckpt, temperature, age_half_width=half)
     size = int(ckpt["preprocessing"]["size"])
     rng = np.random.default_rng(0)
     one = chips_to_pixels(rng.integers(0, 256, (1, size, size), dtype=np.uint8))
     many = chips_to_pixels(rng.integers(0, 256, (args.batch, size, size), dtype=np.uint8))
 
     backends: dict[str, object] = {"torch_eager": model}
-    cl_model = inference_model(ckpt, temperature)
+    cl_model = inference_model(ckpt, temperature, age_half_width=half)
     cl_model.net.to(memory_format=torch.channels_last)
 
     class ChannelsLast:  # the same model with NHWC activations, oneDNN's preferred CPU layout

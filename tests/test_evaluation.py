@@ -33,6 +33,34 @@ def _draw_labels(prob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (prob.cumsum(1) > rng.random((len(prob), 1))).argmax(1)
 
 
+def test_age_interval_half_width_is_the_conformal_rank_of_the_errors():
+    from faceattr.evaluation import fit_age_intervals
+
+    errors = np.arange(1.0, 10.0)  # nine faces in bin 0, errors 1..9 years
+    fit = fit_age_intervals(30 + errors, np.full(9, 30.0), np.zeros(9, int), n_bins=2, coverage=0.8)
+    assert fit["half_width"][0] == 8.0  # rank ceil((9 + 1) * 0.8) = 8
+    assert fit["half_width"][1] == 9.0 and fit["n_per_bin"] == [9, 0]  # an empty bin: the largest error
+    with pytest.raises(ValueError):
+        fit_age_intervals(errors, errors, np.zeros(9, int), 1, 1.0)
+
+
+def test_age_ranges_fitted_on_one_sample_cover_another_at_the_target_rate():
+    from faceattr.evaluation import age_interval_check, fit_age_intervals
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):  # errors grow with the predicted bin, as they do with age
+        pred_bin = rng.integers(0, 3, n)
+        pred = np.array([10.0, 40.0, 70.0])[pred_bin]
+        return pred + rng.normal(0, 1 + 4 * pred_bin), pred, pred_bin
+
+    fit = fit_age_intervals(*sample(3000), n_bins=3, coverage=0.8)
+    assert fit["half_width"][0] < fit["half_width"][1] < fit["half_width"][2]
+    check = age_interval_check(*sample(20000), fit["half_width"])
+    assert 0.78 < check["coverage"] < 0.83
+    assert check["mean_width"] == pytest.approx(2 * np.mean(fit["half_width"]), rel=0.05)
+
+
 def test_resample_weights_are_seeded_multiplicities():
     w = resample_weights(50, n_boot=200, seed=3)
     assert w.shape == (200, 50) and np.all(w.sum(1) == 50) and np.all(w >= 0)

@@ -336,6 +336,30 @@ def test_calibration_file_rescales_probabilities(run_dir, tmp_path, predictor):
     np.testing.assert_allclose(list(cal.gender.values()), want, atol=1e-5)
     want = apply_temperature(np.array([list(raw.ethnicity.values())]), 0.5)[0]
     np.testing.assert_allclose(list(cal.ethnicity.values()), want, atol=1e-5)
+    # Age ranges: prediction +- the half-width of the predicted bin, clipped to 1..116.
+    assert raw.age_range is None
+    half = [1.0, 2.0, 3.0, 4.0, 5.0, 60.0]
+    (calibrated_run / "calibration.json").write_text(
+        json.dumps({"temperature": {"gender": 2.0}, "age_interval": {"coverage": 0.8, "half_width": half}})
+    )
+    ranged = Predictor.from_checkpoint(calibrated_run)
+    chips = [np.full((48, 48), v, np.uint8) for v in (20, 90, 160, 240)]
+    for (face,) in ranged.predict_many(chips, detect=False):
+        low, high = face.age_range
+        assert low <= face.age <= high and any(
+            low == pytest.approx(max(1, face.age - h), abs=1e-3)
+            and high == pytest.approx(min(116, face.age + h), abs=1e-3)
+            for h in half
+        )
+    onnx_ranged = Predictor.from_checkpoint(calibrated_run, backend="onnx")
+    assert onnx_ranged.predict(chips[0], detect=False)[0].age_range == pytest.approx(
+        ranged.predict(chips[0], detect=False)[0].age_range, abs=1e-3
+    )
+    (calibrated_run / "calibration.json").write_text(
+        json.dumps({"temperature": {"gender": 2.0}, "age_interval": {"half_width": "wide"}})
+    )
+    with pytest.raises(InputError, match="age_interval.half_width"):
+        Predictor.from_checkpoint(calibrated_run)
     (calibrated_run / "calibration.json").write_text(
         json.dumps({"temperature": {"gender": 2.0}, "checkpoint": "best.pt"})
     )
@@ -391,7 +415,7 @@ def test_cli_json_reports_every_face_and_goes_on_after_failures(photo_folder, ru
     assert len(by_name["astronaut.jpg"]["faces"]) == 1 and len(by_name["gray.png"]["faces"]) == 1
     assert by_name["wall.webp"]["faces"] == [] and "error" not in by_name["wall.webp"]
     face = by_name["astronaut.jpg"]["faces"][0]
-    assert set(face) == {"box", "score", "landmarks", "age", "gender", "ethnicity"}
+    assert set(face) == {"box", "score", "landmarks", "age", "age_range", "gender", "ethnicity"}
     assert len(face["landmarks"]) == 5 and "female" in face["gender"]
     assert doc["summary"] == {"files": 5, "faces": 2, "failed": 2, "skipped_not_images": 1}  # README.txt
     lines = err.strip().splitlines()

@@ -130,6 +130,11 @@ def test_calibration_json_holds_the_validation_temperatures(tiny_run, report):
     assert set(cal["temperature"]) == {"gender", "ethnicity"}
     for task, t in cal["temperature"].items():
         assert t == pytest.approx(report["calibration"][task]["temperature"])
+    # Age ranges, fitted on validation, checked on the report's split.
+    ai = cal["age_interval"]
+    assert ai["coverage"] == 0.8 and len(ai["half_width"]) == len(report["age"]["bin_labels"])
+    assert ai["half_width"] == report["age_interval"]["half_width"]
+    assert 0 <= report["age_interval"]["check"]["coverage"] <= 1
     # The contract: probabilities are softmax(log p / T); T = 1 leaves them unchanged.
     p = np.array([[0.7, 0.3], [0.2, 0.8]])
     assert np.allclose(apply_temperature(p, 1.0), p)

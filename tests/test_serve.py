@@ -93,6 +93,8 @@ def test_good_photo_as_multipart_and_as_raw_bytes(client, astronaut):
     np.testing.assert_allclose(face["box"], ASTRONAUT_BOX, atol=4)
     assert sum(face["gender"].values()) == pytest.approx(1, abs=1e-3) and face["gender"]["female"] > 0.8
     assert len(face["ethnicity"]) == 5 and 25 < face["age"] < 60 and len(face["landmarks"]) == 5
+    low, high = face["age_range"]
+    assert low < face["age"] < high
     assert face["explain"] is None
 
 
@@ -291,7 +293,7 @@ def test_page_shows_a_prediction_and_grad_cam_in_chromium(browser, server_url, a
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("article.face")
     card = page.locator("article.face").first
-    assert "Face 1" in card.inner_text() and "years" in card.inner_text()
+    assert "Face 1" in card.inner_text() and "years" in card.inner_text() and "80 % range" in card.inner_text()
     assert card.locator(".row").count() == 7  # 2 gender + 5 ethnicity bars
     top = card.locator(".row.top[data-name='female']")
     assert top.count() == 1 and float(top.locator(".fill").evaluate("e => parseFloat(e.style.width)")) > 80

@@ -116,6 +116,12 @@ def main() -> None:
                 f"- calibration, {task}: temperature {c['temperature']:.3f} (fitted on validation); test ECE "
                 f"{pct(c['eval']['ece_before'])} → {pct(c['eval']['ece_after'])}"
             )
+        ai = r.get("age_interval")
+        if ai:
+            print(
+                f"- age ranges ({pct(ai['coverage'])} target, split conformal per predicted bin, fitted on validation): "
+                f"test coverage {pct(ai['check']['coverage'])}, mean width {ai['check']['mean_width']:.1f} years"
+            )
         for grouping, table in r["fairness"].items():
             for metric, g in table["gaps"].items():
                 if g is None:

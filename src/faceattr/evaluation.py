@@ -27,6 +27,7 @@ from faceattr.train import predict_outputs
 
 N_BOOT = 1000
 CI_LEVEL = 0.95
+AGE_INTERVAL_COVERAGE = 0.8  # the age ranges faceattr prints should hold the true age 4 times in 5
 ECE_BINS = 15
 CS_MAX_YEARS = 20  # the cumulative score curve runs over k = 0..20 years
 PROB_FLOOR = 1e-12  # log(0) guard: float32 softmax can underflow for very confident faces
@@ -422,6 +423,15 @@ def evaluate_predictions(
                 m["bin_confusion_normalized"] = _row_normalised(m["bin_confusion"])
                 m["cumulative_score"] = cumulative_scores(np.abs(pred.age_pred[routing] - pred.age))
                 out[key] = m
+    if "soft" in pred.age_pred and "soft" in val.age_pred and age_edges is not None and pred.age_bin_pred is not None:
+        fit = fit_age_intervals(
+            val.age, val.age_pred["soft"], val.age_bin_pred, len(age_edges) - 1, AGE_INTERVAL_COVERAGE
+        )
+        out["age_interval"] = {
+            **fit,
+            "fitted_on": "val",
+            "check": age_interval_check(pred.age, pred.age_pred["soft"], pred.age_bin_pred, fit["half_width"]),
+        }
     out["fairness"] = {
         "ethnicity": fairness_table(
             pred, weights, pred.ethnicity, CLASS_NAMES["ethnicity"], skip=("ethnicity_macro_f1",)
@@ -430,6 +440,55 @@ def evaluate_predictions(
         "age_band": fairness_table(pred, weights, age_band(pred.age), AGE_BAND_NAMES),
     }
     return out
+
+
+def fit_age_intervals(
+    true_age: np.ndarray, pred_age: np.ndarray, pred_bin: np.ndarray, n_bins: int, coverage: float
+) -> dict:
+    """Half-widths of age ranges ``prediction ± h[bin]``, one per predicted age bin, by split
+    conformal prediction on held-out faces (Vovk et al.; per bin: "Mondrian"): h is the
+    ceil((n + 1) * coverage)-th smallest absolute error among the n faces predicted in that bin,
+    so a new face from the same distribution falls in its range with probability >= coverage
+    in each bin (exchangeability). A bin with too few faces for that rank gets the largest
+    error seen over all faces."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    err = np.abs(np.asarray(pred_age, float) - np.asarray(true_age, float))
+    pred_bin = np.asarray(pred_bin)
+    half, counts = [], []
+    for k in range(n_bins):
+        e = np.sort(err[pred_bin == k])
+        rank = int(np.ceil((len(e) + 1) * coverage))
+        half.append(float(e[rank - 1]) if 0 < rank <= len(e) else float(err.max(initial=0.0)))
+        counts.append(len(e))
+    return {
+        "coverage": coverage,
+        "half_width": half,
+        "n_per_bin": counts,
+        "method": "split conformal per predicted bin",
+    }
+
+
+def age_interval_check(true_age: np.ndarray, pred_age: np.ndarray, pred_bin: np.ndarray, half_width) -> dict:
+    """How often the true age falls in ``prediction ± half_width[bin]`` (clipped to 1..116, as
+    faceattr prints it), overall and by age band, and how wide the ranges are."""
+    from faceattr.age import AGE_MAX, AGE_MIN
+
+    true_age = np.asarray(true_age, float)
+    h = np.asarray(half_width, float)[np.asarray(pred_bin)]
+    lo, hi = np.clip(pred_age - h, AGE_MIN, AGE_MAX), np.clip(pred_age + h, AGE_MIN, AGE_MAX)
+    inside = (true_age >= lo) & (true_age <= hi)
+    bands = age_band(true_age)
+    return {
+        "n": int(len(true_age)),
+        "coverage": float(inside.mean()) if len(inside) else None,
+        "mean_width": float((hi - lo).mean()) if len(inside) else None,
+        "by_age_band": {
+            name: {"n": int((bands == k).sum()), "coverage": float(inside[bands == k].mean())}
+            for k, name in enumerate(AGE_BAND_NAMES)
+            if (bands == k).any()
+        },
+    }
 
 
 def _row_normalised(confusion: list[list[int]]) -> list[list[float]]:

@@ -4,9 +4,10 @@ temperatures and its age decoding, so PyTorch and the exported ONNX graph run th
 ``OnnxModel`` runs that graph on ONNX Runtime with the same call.
 
 Input: float32 (N, C, H, W) pixel values 0..255 (C = 1 for the published gray models).
-Outputs, in ``OUTPUT_NAMES`` order (a task's outputs only when the model has that head):
+Outputs, in ``output_names`` order (a task's outputs only when the model has that head):
 ``gender_prob`` (N, 2), ``ethnicity_prob`` (N, 5), ``age`` (N,) years, and for the two-stage
-age head ``age_bin_prob`` (N, bins); the raw head outputs follow as ``<head>_logits``.
+age head ``age_bin_prob`` (N, bins) and, when the model carries fitted age ranges,
+``age_low`` / ``age_high`` (N,); the raw head outputs follow as ``<head>_logits``.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ class InferenceModel(nn.Module):
         std: float,
         age: AgeSpec | None = None,
         temperature: dict[str, float] | None = None,
+        age_half_width: list[float] | None = None,
     ):
         super().__init__()
         self.net = net.eval()
         self.mean, self.std = float(mean), float(std)
         self.age = age
         self.temperature = {t: float((temperature or {}).get(t, 1.0)) for t in CLASS_NAMES if t in net.head_sizes}
-        self.output_names = output_names(net.head_sizes, age)
+        # Age ranges need the predicted bin, which only the two-stage head has.
+        use_ranges = age is not None and age.head == "two_stage" and age_half_width is not None
+        self.age_half_width = [float(h) for h in age_half_width] if use_ranges else None
+        self.output_names = output_names(net.head_sizes, age, self.age_half_width is not None)
 
     def forward(self, pixels: Tensor) -> tuple[Tensor, ...]:
         raw = self.net((pixels / 255.0 - self.mean) / self.std)
@@ -59,6 +64,11 @@ class InferenceModel(nn.Module):
             out[f"{task}_prob"] = torch.softmax(raw[task] / t, 1)
         if self.age is not None:
             out.update(decode_age(raw, self.age))
+        if self.age_half_width is not None:
+            half = torch.as_tensor(self.age_half_width, dtype=out["age"].dtype, device=out["age"].device)
+            h = half[raw["age_bin"].argmax(1)]
+            out["age_low"] = (out["age"] - h).clamp(agemod.AGE_MIN, agemod.AGE_MAX)
+            out["age_high"] = (out["age"] + h).clamp(agemod.AGE_MIN, agemod.AGE_MAX)
         out.update({f"{head}_logits": value for head, value in raw.items()})
         return tuple(out[name] for name in self.output_names)
 
@@ -83,20 +93,28 @@ def decode_age(raw: dict[str, Tensor], age: AgeSpec) -> dict[str, Tensor]:
     return {"age": agemod.decode_dex(raw["age_dex"])}
 
 
-def output_names(heads: dict[str, int], age: AgeSpec | None) -> list[str]:
+def output_names(heads: dict[str, int], age: AgeSpec | None, age_ranges: bool = False) -> list[str]:
     names = [f"{t}_prob" for t in CLASS_NAMES if t in heads]
     if age is not None:
         names += ["age", "age_bin_prob"] if age.head == "two_stage" else ["age"]
+    if age_ranges:
+        names += ["age_low", "age_high"]
     return names + [f"{head}_logits" for head in heads]
 
 
-def inference_model(ckpt: dict, temperature: dict[str, float] | None, device: torch.device | str = "cpu"):
+def inference_model(
+    ckpt: dict,
+    temperature: dict[str, float] | None,
+    device: torch.device | str = "cpu",
+    age_half_width: list[float] | None = None,
+):
     """The InferenceModel of a loaded checkpoint, on ``device``, weights in float32."""
     from faceattr.train import model_from_checkpoint
 
     pre = ckpt["preprocessing"]
     age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
-    return InferenceModel(model_from_checkpoint(ckpt, device).float(), pre["mean"], pre["std"], age, temperature)
+    net = model_from_checkpoint(ckpt, device).float()
+    return InferenceModel(net, pre["mean"], pre["std"], age, temperature, age_half_width)
 
 
 def onnx_bytes(model: InferenceModel, channels: int, size: int, metadata: dict[str, str] | None = None) -> bytes:

@@ -35,11 +35,13 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 class Face:
     """One face and what the model says about it.
 
-    box: x1, y1, x2, y2 in the photo's pixels (the whole image with detection off); score: the
-    detector's probability (None without detection); landmarks: (5, 2) x, y (None without
-    detection); age: years (None if the model has no age head); gender / ethnicity: class name ->
-    probability (None if the model lacks the head); chip: the model's input, uint8 (S, S) gray
-    or (S, S, 3) RGB, S = 48 for the published models.
+        box: x1, y1, x2, y2 in the photo's pixels (the whole image with detection off); score: the
+        detector's probability (None without detection); landmarks: (5, 2) x, y (None without
+        detection); age: years (None if the model has no age head); age_range: (low, high) years, a
+    range fitted on validation to hold the true age 80 % of the time (None if the model has none);
+    gender / ethnicity: class name ->
+        probability (None if the model lacks the head); chip: the model's input, uint8 (S, S) gray
+        or (S, S, 3) RGB, S = 48 for the published models.
     """
 
     box: tuple[float, float, float, float]
@@ -49,6 +51,7 @@ class Face:
     gender: dict[str, float] | None
     ethnicity: dict[str, float] | None
     chip: np.ndarray = field(repr=False)
+    age_range: tuple[float, float] | None = None  # low, high: holds the true age 80 % of the time
 
     def to_dict(self) -> dict:
         """JSON-ready values (no chip), rounded to what is meaningful."""
@@ -57,6 +60,7 @@ class Face:
             "score": None if self.score is None else round(self.score, 4),
             "landmarks": None if self.landmarks is None else np.round(self.landmarks, 1).tolist(),
             "age": None if self.age is None else round(self.age, 1),
+            "age_range": None if self.age_range is None else [round(v, 1) for v in self.age_range],
             "gender": _rounded(self.gender),
             "ethnicity": _rounded(self.ethnicity),
         }
@@ -138,8 +142,7 @@ class Predictor:
             return cls.from_onnx(path, device=device, **options)
         ckpt = load_checkpoint(path)
         run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
-        temperature = (ckpt.get("calibration") or {}).get("temperature") or load_temperature(run_dir, name)
-        return cls._from_loaded(ckpt, temperature, str(path), device, backend, **options)
+        return cls._from_loaded(ckpt, calibration_of(ckpt, run_dir, name), str(path), device, backend, **options)
 
     @classmethod
     def from_pretrained(
@@ -150,9 +153,8 @@ class Predictor:
 
         path = pretrained_path(name)
         ckpt = load_checkpoint(path)
-        temperature = (ckpt.get("calibration") or {}).get("temperature") or {}
         label = f"pretrained:{(ckpt.get('release') or {}).get('name', name)}"
-        return cls._from_loaded(ckpt, temperature, label, device, backend, **options)
+        return cls._from_loaded(ckpt, ckpt.get("calibration") or {}, label, device, backend, **options)
 
     @classmethod
     def from_onnx(cls, path: str | Path, device: str = "cpu", **options) -> Predictor:
@@ -168,7 +170,7 @@ class Predictor:
 
     @classmethod
     def _from_loaded(
-        cls, ckpt: dict, temperature: dict, source: str, device: str, backend: str, **options
+        cls, ckpt: dict, calibration: dict, source: str, device: str, backend: str, **options
     ) -> Predictor:
         pre = ckpt["preprocessing"]
         if pre.get("resize") != "area" or pre.get("color") not in ("gray", "rgb"):
@@ -176,7 +178,8 @@ class Predictor:
         if backend not in ("torch", "onnx"):
             raise InputError(f"backend {backend!r}: expected torch or onnx")
         gray, size = pre["color"] == "gray", int(pre["size"])
-        model = inference_model(ckpt, temperature, select_device(device))
+        temperature = calibration.get("temperature") or {}
+        model = inference_model(ckpt, temperature, select_device(device), half_widths(calibration, ckpt))
         runner: InferenceModel | OnnxModel = model
         if backend == "onnx":
             runner = OnnxModel(onnx_bytes(model, 1 if gray else 3, size), device=device)
@@ -255,6 +258,7 @@ class Predictor:
         return [
             {
                 "age": float(pred["age"][i]) if "age" in pred else None,
+                "age_range": (float(pred["age_low"][i]), float(pred["age_high"][i])) if "age_low" in pred else None,
                 "gender": _named(pred, "gender", i),
                 "ethnicity": _named(pred, "ethnicity", i),
             }
@@ -268,10 +272,11 @@ def _named(pred: dict[str, np.ndarray], task: str, i: int) -> dict[str, float] |
     return {name: float(p) for name, p in zip(CLASS_NAMES[task], pred[f"{task}_prob"][i])}
 
 
-def load_temperature(run_dir: Path, checkpoint: str = "best.pt") -> dict[str, float]:
-    """Temperatures from RUN/calibration.json ({"temperature": {"gender": T, "ethnicity": T}}),
-    or {} when the run has none or they were fitted for another of its checkpoints (a
-    "checkpoint" entry naming, say, best.pt does not apply to last.pt)."""
+def load_calibration(run_dir: Path, checkpoint: str = "best.pt") -> dict:
+    """What ``faceattr evaluate`` fitted on validation, from RUN/calibration.json:
+    ``{"temperature": {"gender": T, "ethnicity": T}}`` plus, when present, ``"age_interval"``
+    (``half_width`` per predicted age bin). {} when the run has none or it was fitted for another
+    of its checkpoints (a "checkpoint" entry naming, say, best.pt does not apply to last.pt)."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return {}
@@ -285,14 +290,36 @@ def load_temperature(run_dir: Path, checkpoint: str = "best.pt") -> dict[str, fl
     temps = data.get("temperature") if isinstance(data, dict) else None
     if not isinstance(temps, dict):
         raise InputError(f"{path}: no temperature table; {expected}")
-    out = {}
+    out: dict = {"temperature": {}}
     for task, t in temps.items():
         if task not in CLASS_NAMES:
             continue
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (math.isfinite(t) and t > 0):
+        if not _positive(t):
             raise InputError(f"{path}: temperature.{task} = {t!r}; {expected}")
-        out[task] = float(t)
+        out["temperature"][task] = float(t)
+    interval = data.get("age_interval")
+    if interval is not None:
+        half = interval.get("half_width") if isinstance(interval, dict) else None
+        if not isinstance(half, list) or not half or not all(_positive(h) or h == 0 for h in half):
+            raise InputError(f"{path}: age_interval.half_width = {half!r}; expected a list of years >= 0, one per bin")
+        out["age_interval"] = interval
     return out
+
+
+def _positive(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def calibration_of(ckpt: dict, run_dir: Path, checkpoint: str) -> dict:
+    """A release file carries its calibration; a run keeps it beside the checkpoint."""
+    return ckpt.get("calibration") or load_calibration(run_dir, checkpoint)
+
+
+def half_widths(calibration: dict, ckpt: dict) -> list[float] | None:
+    """The age-range half-widths of a calibration, if they fit this model's age bins."""
+    half = (calibration.get("age_interval") or {}).get("half_width")
+    n_bins = len((ckpt.get("age") or {}).get("edges", [])) - 1
+    return half if half is not None and len(half) == n_bins else None
 
 
 def load_predictor(model: str | Path | None, backend: str = "torch", device: str = "cpu", **options) -> Predictor:
@@ -420,12 +447,14 @@ class _Writer:
             self.csv = csv.writer(out)
             lm = [f"{n}_{c}" for n in LANDMARK_NAMES for c in "xy"]
             probs = [f"p_{t}_{c}" for t, names in self.classes.items() for c in names]
-            self.csv.writerow(["file", "face", "x1", "y1", "x2", "y2", "score", *lm, "age", *probs, "error"])
+            header = ["file", "face", "x1", "y1", "x2", "y2", "score", *lm, "age", "age_low", "age_high", *probs]
+            self.csv.writerow([*header, "error"])
         elif fmt == "jsonl":
             self._line({"type": "meta", **self.meta})
         elif fmt == "table":
             print(
-                f"{'file':<{self.width}}  face  {'box (x1,y1,x2,y2)':<24} score    age  {'gender':<13}  ethnicity",
+                f"{'file':<{self.width}}  face  {'box (x1,y1,x2,y2)':<24} score  {'age (80% range)':<16} "
+                f"{'gender':<13}  ethnicity",
                 file=out,
             )
 
@@ -448,7 +477,7 @@ class _Writer:
     def _csv_rows(self, r: FileResult) -> None:
         blank_probs = [""] * sum(len(v) for v in self.classes.values())
         if r.error or not r.faces:
-            self.csv.writerow([r.source, "", "", "", "", "", "", *[""] * 10, "", *blank_probs, r.error or ""])
+            self.csv.writerow([r.source, "", "", "", "", "", "", *[""] * 10, "", "", "", *blank_probs, r.error or ""])
             return
         for k, f in enumerate(r.faces, 1):
             d = f.to_dict()
@@ -458,7 +487,8 @@ class _Writer:
                 probs += [d[task][c] if d[task] else "" for c in names]
             score = "" if d["score"] is None else d["score"]
             age = "" if d["age"] is None else d["age"]
-            self.csv.writerow([r.source, k, *d["box"], score, *lm, age, *probs, ""])
+            low, high = d["age_range"] or ("", "")
+            self.csv.writerow([r.source, k, *d["box"], score, *lm, age, low, high, *probs, ""])
 
     def _table_rows(self, r: FileResult) -> None:
         name = r.source if len(r.source) <= self.width else "…" + r.source[-self.width + 1 :]
@@ -471,9 +501,10 @@ class _Writer:
         for k, f in enumerate(r.faces, 1):
             box = "(" + ",".join(f"{v:.0f}" for v in f.box) + ")"
             score = "    -" if f.score is None else f"{f.score:5.2f}"
-            age = "    -" if f.age is None else f"{f.age:5.1f}"
+            age = "-" if f.age is None else f"{f.age:.1f}"
+            age += "" if f.age_range is None else f" ({f.age_range[0]:.0f}-{f.age_range[1]:.0f})"
             print(
-                f"{name:<{self.width}}  {k:>4}  {box:<24} {score}  {age}  {_top(f.gender):<13}  {_top(f.ethnicity)}",
+                f"{name:<{self.width}}  {k:>4}  {box:<24} {score}  {age:<16} {_top(f.gender):<13}  {_top(f.ethnicity)}",
                 file=self.out,
             )
 

@@ -48,14 +48,17 @@ def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def release_checkpoint(ckpt: dict, temperature: dict[str, float], release: dict) -> dict:
+def release_checkpoint(ckpt: dict, calibration: dict, release: dict) -> dict:
     """The shippable form of a loaded checkpoint: float16 weights, what rebuilds and decodes the
-    model, the calibration and the ``release`` record; no optimiser or history."""
+    model, the calibration (temperatures, age ranges) and the ``release`` record; no optimiser
+    or history."""
     keep = ("format", "version", "model_args", "config", "tasks", "class_names", "age", "preprocessing")
     keep += ("split_hash", "data", "epoch", "metrics")
     out = {k: ckpt[k] for k in keep if k in ckpt}
     out["model"] = half_weights(ckpt["model"])
-    out["calibration"] = {"temperature": dict(temperature), "fitted_on": "val"}
+    out["calibration"] = {"temperature": dict(calibration.get("temperature") or {}), "fitted_on": "val"}
+    if calibration.get("age_interval"):
+        out["calibration"]["age_interval"] = dict(calibration["age_interval"])
     out["release"] = release
     return out
 
@@ -79,10 +82,16 @@ def test_headline(ckpt: dict, data_dir: Path, device: torch.device) -> dict:
     return out
 
 
-def check_replaces(path: Path, new: dict, force: bool) -> dict | None:
+def same_network(a: dict, b: dict) -> bool:
+    """The same tensors under the same names (compared as stored: float16)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def check_replaces(path: Path, new: dict, force: bool, new_model: dict | None = None) -> dict | None:
     """The release record of the weights at ``path`` (None if there are none). Refuses, unless
     ``force``: the packaged weights from a model judged on another split than the canonical
-    one, and any weights judged on another split or scoring at least as well."""
+    one, and any weights judged on another split or scoring at least as well. The same network
+    (``new_model`` equal to the weights there) may always refresh its record and calibration."""
     from faceattr.train import load_checkpoint
 
     if path.is_dir():
@@ -95,9 +104,12 @@ def check_replaces(path: Path, new: dict, force: bool) -> dict | None:
         )
     if not path.exists():
         return None
-    old = load_checkpoint(path).get("release")
+    existing = load_checkpoint(path)
+    old = existing.get("release")
     if old is None or force:
         return old
+    if new_model is not None and same_network(existing["model"], new_model):
+        return old  # the same weights with a refreshed record or calibration: not a new model
     old_split, old_score = old.get("split_hash"), (old.get("test") or {}).get("score")
     if old_split != new["split_hash"] or old_score is None:
         raise InputError(
@@ -152,7 +164,7 @@ def export(
     all checks pass. Returns a summary for results/release.json."""
     from faceattr.evaluation import find_data_dir
     from faceattr.inference import inference_model, onnx_bytes
-    from faceattr.predictor import load_temperature
+    from faceattr.predictor import calibration_of, half_widths
     from faceattr.train import load_checkpoint
 
     if weights is None and onnx is None:
@@ -162,7 +174,8 @@ def export(
     path = pretrained_path() if str(run) == "pretrained" else Path(run)
     ckpt = load_checkpoint(path)
     run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
-    temperature = (ckpt.get("calibration") or {}).get("temperature") or load_temperature(run_dir, name)
+    calibration = calibration_of(ckpt, run_dir, name)
+    temperature = calibration.get("temperature") or {}
     summary: dict = {"command": command, "source": str(path), "faceattr_version": __version__}
     if data_dir is not None:
         data_dir = Path(data_dir)
@@ -188,9 +201,9 @@ def export(
             "test": {},  # filled below from the float16 weights themselves
             "report": report_headline(run_dir),
         }
-        shipped = release_checkpoint(ckpt, temperature, release)
+        shipped = release_checkpoint(ckpt, calibration, release)
         release["test"] = test_headline(shipped, data_dir, device)
-        previous = check_replaces(weights, release, force)
+        previous = check_replaces(weights, release, force, shipped["model"])
         buffer = io.BytesIO()
         torch.save(shipped, buffer)
         data = buffer.getvalue()
@@ -213,7 +226,7 @@ def export(
 
     if onnx is not None:
         onnx = Path(onnx)
-        model = inference_model(ckpt, temperature)
+        model = inference_model(ckpt, temperature, age_half_width=half_widths(calibration, ckpt))
         pre = ckpt["preprocessing"]
         channels, size = (1 if pre["color"] == "gray" else 3), int(pre["size"])
         metadata = {

@@ -555,6 +555,26 @@ def _age_html(metrics: dict, figures: dict[str, Path]) -> str:
             "); hard routing uses the most probable bin only. Soft routing is what `faceattr predict` returns.</p>"
         )
     body += _table(["age"] + [f"{n} routing" for n in names], rows)
+    if "age_interval" in metrics:
+        ai = metrics["age_interval"]
+        check = ai["check"]
+        body += (
+            f"<p>Age ranges: faceattr prints each age with a range meant to hold the true age "
+            f"{100 * ai['coverage']:.0f} % of the time: prediction ± a half-width per predicted age bin, fitted on "
+            f"the validation split by split conformal prediction. On this split the ranges held "
+            f"{100 * check['coverage']:.1f} % of the true ages, {check['mean_width']:.1f} years wide on average.</p>"
+        )
+        body += _table(
+            ["predicted bin", "half-width (years)", "validation faces"],
+            [
+                [label, f"{h:.1f}", str(n)]
+                for label, h, n in zip(metrics["age"]["bin_labels"], ai["half_width"], ai["n_per_bin"])
+            ],
+        )
+        body += _table(
+            ["true age band", "faces", "range holds the true age"],
+            [[band, str(c["n"]), f"{100 * c['coverage']:.1f} %"] for band, c in check["by_age_band"].items()],
+        )
     body += _img(figures["age_scatter"], "predicted against true age")
     body += _img(figures["age_mae_by_age"], "MAE by true age")
     body += _img(figures["age_residuals"], "residual histogram")
@@ -709,6 +729,9 @@ def evaluate_run(
         },
         "formula": "softmax(log(p) / T)",
     }
+    if "age_interval" in metrics:
+        ai = metrics["age_interval"]
+        calibration["age_interval"] = {k: ai[k] for k in ("coverage", "half_width", "n_per_bin", "method")}
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -52,6 +52,9 @@ class FaceOut(BaseModel):
     score: float | None = Field(description="detector probability (null with detect=false)")
     landmarks: list[list[float]] | None = Field(description="eyes, nose, mouth corners: x, y")
     age: float | None = Field(description="years")
+    age_range: list[float] | None = Field(
+        description="[low, high] years: fitted on held-out faces to hold the true age 80 % of the time"
+    )
     gender: dict[str, float] | None = Field(description="class -> calibrated probability")
     ethnicity: dict[str, float] | None = Field(description="class -> calibrated probability")
     explain: dict[str, str] | None = Field(
