@@ -39,7 +39,7 @@ def test_age_interval_half_width_is_the_conformal_rank_of_the_errors():
     errors = np.arange(1.0, 10.0)  # nine faces in bin 0, errors 1..9 years
     fit = fit_age_intervals(30 + errors, np.full(9, 30.0), np.zeros(9, int), n_bins=2, coverage=0.8)
     assert fit["half_width"][0] == 8.0  # rank ceil((9 + 1) * 0.8) = 8
-    assert fit["half_width"][1] == 9.0 and fit["n_per_bin"] == [9, 0]  # an empty bin: the largest error
+    assert fit["half_width"][1] == 115.0 and fit["n_per_bin"] == [9, 0]  # an empty bin: the whole span
     with pytest.raises(ValueError):
         fit_age_intervals(errors, errors, np.zeros(9, int), 1, 1.0)
 

@@ -26,6 +26,7 @@ from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
 from faceattr.evaluation import apply_temperature
 from faceattr.imageio import ImageLoadError, load_image
+from faceattr.inference import chips_to_pixels
 from faceattr.inputerror import InputError
 from faceattr.predictor import Predictor, expand_inputs
 from faceattr.readers import decode_image
@@ -343,20 +344,20 @@ def test_calibration_file_rescales_probabilities(run_dir, tmp_path, predictor):
         json.dumps({"temperature": {"gender": 2.0}, "age_interval": {"coverage": 0.8, "half_width": half}})
     )
     ranged = Predictor.from_checkpoint(calibrated_run)
-    chips = [np.full((48, 48), v, np.uint8) for v in (20, 90, 160, 240)]
-    for (face,) in ranged.predict_many(chips, detect=False):
+    assert ranged.age_range_coverage == 0.8
+    chips = np.stack([np.random.default_rng(k).integers(0, 256, (48, 48), dtype=np.uint8) for k in range(12)])
+    bins = ranged.runner.run(chips_to_pixels(chips))["age_bin_prob"].argmax(1)  # the bin the model predicts
+    for (face,), k in zip(ranged.predict_many(list(chips), detect=False), bins):
         low, high = face.age_range
-        assert low <= face.age <= high and any(
-            low == pytest.approx(max(1, face.age - h), abs=1e-3)
-            and high == pytest.approx(min(116, face.age + h), abs=1e-3)
-            for h in half
-        )
+        assert low == pytest.approx(max(1, face.age - half[k]), abs=1e-3)
+        assert high == pytest.approx(min(116, face.age + half[k]), abs=1e-3)
     onnx_ranged = Predictor.from_checkpoint(calibrated_run, backend="onnx")
+    assert onnx_ranged.age_range_coverage == 0.8
     assert onnx_ranged.predict(chips[0], detect=False)[0].age_range == pytest.approx(
         ranged.predict(chips[0], detect=False)[0].age_range, abs=1e-3
     )
     (calibrated_run / "calibration.json").write_text(
-        json.dumps({"temperature": {"gender": 2.0}, "age_interval": {"half_width": "wide"}})
+        json.dumps({"temperature": {"gender": 2.0}, "age_interval": {"coverage": 0.8, "half_width": "wide"}})
     )
     with pytest.raises(InputError, match="age_interval.half_width"):
         Predictor.from_checkpoint(calibrated_run)

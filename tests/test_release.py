@@ -17,7 +17,7 @@ from faceattr import release
 from faceattr.cli import main
 from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes
 from faceattr.inputerror import InputError
-from faceattr.predictor import Predictor
+from faceattr.predictor import Predictor, half_widths
 from faceattr.readers import read_kaggle_csv
 from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, pretrained_path, sha256
 from faceattr.train import load_checkpoint
@@ -89,11 +89,24 @@ def test_onnx_export_is_one_file_with_a_dynamic_batch_and_matches_torch(tiny, tm
 
 def test_shipped_model_runs_the_same_on_onnx_runtime(sample_faces):
     ckpt = load_checkpoint(pretrained_path())
-    model = inference_model(ckpt, ckpt["calibration"]["temperature"])
+    model = inference_model(
+        ckpt, ckpt["calibration"]["temperature"], age_half_width=half_widths(ckpt["calibration"], ckpt)
+    )
     runtime = OnnxModel(onnx_bytes(model, 1, 48))
     pixels = chips_to_pixels(sample_faces)
     diffs = max_diffs(model.run(pixels), runtime.run(pixels))
     assert max(diffs.values()) <= PARITY_TOLERANCE, diffs
+    assert {"age_low", "age_high"} <= set(runtime.output_names)  # the fitted age ranges are in the graph
+
+
+def test_an_exported_file_carries_what_the_predictor_needs(tmp_path, capsys):
+    path = tmp_path / "shipped.onnx"
+    assert main(["export", "pretrained", "--onnx", str(path)]) == 0
+    from_file, from_weights = Predictor.from_onnx(path), Predictor.from_pretrained()
+    assert from_file.calibrated and from_file.age_range_coverage == from_weights.age_range_coverage == 0.8
+    chip = np.full((48, 48), 100, np.uint8)
+    a, b = from_file.predict(chip, detect=False)[0], from_weights.predict(chip, detect=False)[0]
+    assert a.age_range == pytest.approx(b.age_range, abs=1e-3) and a.age == pytest.approx(b.age, abs=1e-3)
 
 
 def test_predict_backend_onnx_gives_the_torch_answers(tiny, tmp_path, capsys):
@@ -163,8 +176,15 @@ def test_release_weights_are_half_precision_and_only_a_better_model_replaces_the
     replaced = load_checkpoint(weights)
     assert sha256(weights) != before and replaced["release"]["test"] == record["test"]
     assert all(torch.equal(replaced["model"][k], v) for k, v in shipped["model"].items())
-    # The same network may refresh its record and calibration (e.g. after a new `faceattr evaluate`).
-    assert main(cmd) == 0
+    # The same model may refresh its record and calibration (e.g. after a new `faceattr evaluate`) ...
+    assert main([*cmd, "--results", str(results)]) == 0
+    assert json.loads(results.read_text())["weights"]["replaced"]["same_model"] is True
+    # ... but the same weights decoding age differently are another model, judged by its score.
+    best = {**record, "test": {**record["test"], "score": 1.0}}
+    other_age = {**shipped["age"], "routing_temperature": shipped["age"]["routing_temperature"] + 0.5}
+    torch.save(dict(shipped, age=other_age, release=best), weights)
+    assert main(cmd) == 2
+    assert "not better on the test split" in capsys.readouterr().err
     # Weights judged on another split: refused, unless forced.
     torch.save(dict(shipped, model=other, release={**record, "split_hash": "another"}), weights)
     before = sha256(weights)

@@ -202,7 +202,8 @@ def main() -> None:
         add(
             f"Every age comes with a range meant to hold the true age {pct(ai['coverage'], 0)} of the time: the "
             "prediction ± a half-width for its predicted age bin, fitted on the validation split by split "
-            "conformal prediction (per predicted bin). On the test split:"
+            "conformal prediction (per predicted bin). The guarantee is approximate: the same validation faces "
+            "also chose the epoch and the temperatures. On the test split, with the run's float32 weights:"
         )
         add("")
         add(f"- the ranges held {pct(check['coverage'])} of the true ages; mean width {check['mean_width']:.1f} years;")

@@ -17,7 +17,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import average_precision_score
 
-from faceattr.age import age_metrics, age_to_bin, bin_labels
+from faceattr.age import AGE_MAX, AGE_MIN, age_metrics, age_to_bin, bin_labels
 from faceattr.cache import Prepared, load_prepared
 from faceattr.inputerror import InputError
 from faceattr.metrics import CLASS_NAMES, head_metrics
@@ -423,7 +423,8 @@ def evaluate_predictions(
                 m["bin_confusion_normalized"] = _row_normalised(m["bin_confusion"])
                 m["cumulative_score"] = cumulative_scores(np.abs(pred.age_pred[routing] - pred.age))
                 out[key] = m
-    if "soft" in pred.age_pred and "soft" in val.age_pred and age_edges is not None and pred.age_bin_pred is not None:
+    # Ranges need the bin the model itself predicts: the two-stage head (the one with hard routing).
+    if "hard" in pred.age_pred and "hard" in val.age_pred and age_edges is not None:
         fit = fit_age_intervals(
             val.age, val.age_pred["soft"], val.age_bin_pred, len(age_edges) - 1, AGE_INTERVAL_COVERAGE
         )
@@ -448,9 +449,9 @@ def fit_age_intervals(
     """Half-widths of age ranges ``prediction ± h[bin]``, one per predicted age bin, by split
     conformal prediction on held-out faces (Vovk et al.; per bin: "Mondrian"): h is the
     ceil((n + 1) * coverage)-th smallest absolute error among the n faces predicted in that bin,
-    so a new face from the same distribution falls in its range with probability >= coverage
-    in each bin (exchangeability). A bin with too few faces for that rank gets the largest
-    error seen over all faces."""
+    so a new face exchangeable with those falls in its range with probability >= coverage in
+    each bin. Approximately here: the validation faces also chose the epoch and the
+    temperatures. A bin with too few faces for that rank gets the whole age span."""
     if not 0 < coverage < 1:
         raise ValueError(f"coverage must be in (0, 1), got {coverage}")
     err = np.abs(np.asarray(pred_age, float) - np.asarray(true_age, float))
@@ -459,7 +460,7 @@ def fit_age_intervals(
     for k in range(n_bins):
         e = np.sort(err[pred_bin == k])
         rank = int(np.ceil((len(e) + 1) * coverage))
-        half.append(float(e[rank - 1]) if 0 < rank <= len(e) else float(err.max(initial=0.0)))
+        half.append(float(e[rank - 1]) if 0 < rank <= len(e) else float(AGE_MAX - AGE_MIN))
         counts.append(len(e))
     return {
         "coverage": coverage,
@@ -472,8 +473,6 @@ def fit_age_intervals(
 def age_interval_check(true_age: np.ndarray, pred_age: np.ndarray, pred_bin: np.ndarray, half_width) -> dict:
     """How often the true age falls in ``prediction ± half_width[bin]`` (clipped to 1..116, as
     faceattr prints it), overall and by age band, and how wide the ranges are."""
-    from faceattr.age import AGE_MAX, AGE_MIN
-
     true_age = np.asarray(true_age, float)
     h = np.asarray(half_width, float)[np.asarray(pred_bin)]
     lo, hi = np.clip(pred_age - h, AGE_MIN, AGE_MAX), np.clip(pred_age + h, AGE_MIN, AGE_MAX)

@@ -34,10 +34,10 @@ from faceattr.split import split_hash
 from faceattr.tasks import AgeSpec
 from faceattr.train import load_checkpoint, model_from_checkpoint, predict_outputs
 
-# layer2 by default: at 48x48 the s2pool stem leaves layer4 a 2x2 map whose Grad-CAM does not
-# follow a mirrored face (it stays on one side: a grid artefact). layer2's 6x6 map follows it,
-# passes the randomisation test and is steadier under input noise than layer1's
-# (bench/gradcam_layers.py, results/gradcam_layers.json).
+# layer2 by default: at 48x48 the s2pool stem leaves layer4 a 2x2 map whose Grad-CAM fails a
+# mirror check (it stays on one side of the picture: most likely a grid artefact). layer1-3 all
+# pass it partly; layer2 is the trade-off between finer maps (layer1) and steadier ones under
+# input noise (layer3) (bench/gradcam_layers.py, results/gradcam_layers.json).
 LAYER = "layer2"
 SPLITS = ("train", "val", "test")
 # Cascading randomisation (Adebayo et al., 2018): re-initialise from the output backwards.
@@ -240,7 +240,7 @@ def sanity_check(
 @torch.no_grad()
 def layer_cells(model: FaceNet, layer: str, channels: int, size: int, device="cpu") -> int:
     """Side of ``layer``'s map for a size x size input: the resolution Grad-CAM has there."""
-    if layer not in TRUNK:
+    if layer not in TRUNK[1:]:
         raise InputError(f"--layer {layer!r}: expected one of {', '.join(TRUNK[1:])}")
     x = torch.zeros(1, channels, size, size, device=device)
     was_training = model.training
@@ -379,7 +379,7 @@ QUADRANTS = ("upper left", "upper right", "lower left", "lower right")  # as see
 
 def heat_shares(cams: np.ndarray) -> dict[str, float]:
     """Where the heat lies, averaged over maps (N, H, W): the share in the upper half (eyes and
-    brows on aligned faces) and in each quadrant. Coarse on purpose: layer4 maps have few cells."""
+    brows on aligned faces) and in each quadrant. Coarse on purpose: the maps have few cells."""
     total = cams.sum((1, 2)) + 1e-12
     h, w = cams.shape[1:]
     share = {"upper_half": float((cams[:, : h // 2].sum((1, 2)) / total).mean())}

@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceattr.inputerror import InputError
@@ -18,8 +17,14 @@ from faceattr.inputerror import InputError
 # What a folder given to `faceattr predict` is searched for; a file named explicitly is tried
 # whatever its suffix, so a mislabelled or non-image file gets its own one-line reason.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif")
-# Phones save HEIC by default; Pillow reads it once pillow-heif registers its opener.
-pillow_heif.register_heif_opener()
+# Phones save HEIC by default; Pillow reads it once pillow-heif registers its opener (a pinned
+# dependency; should its wheel be missing on some platform, the other formats still load).
+try:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - the dependency is installed with faceattr
+    pass
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 

@@ -89,7 +89,7 @@ class FaceNet(nn.Module):
                 nn.init.constant_(m.bn2.weight, 0)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Normalised images (B, C, H, W) -> layer4 map (B, 8w, h, w), Grad-CAM's layer."""
+        """Normalised images (B, C, H, W) -> layer4 map (B, 8w, h, w), for embeddings."""
         x = self.stem(x)
         x = self.layer1(x)
         x = self.layer2(x)

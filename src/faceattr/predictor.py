@@ -35,13 +35,13 @@ LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 class Face:
     """One face and what the model says about it.
 
-        box: x1, y1, x2, y2 in the photo's pixels (the whole image with detection off); score: the
-        detector's probability (None without detection); landmarks: (5, 2) x, y (None without
-        detection); age: years (None if the model has no age head); age_range: (low, high) years, a
-    range fitted on validation to hold the true age 80 % of the time (None if the model has none);
-    gender / ethnicity: class name ->
-        probability (None if the model lacks the head); chip: the model's input, uint8 (S, S) gray
-        or (S, S, 3) RGB, S = 48 for the published models.
+    box: x1, y1, x2, y2 in the photo's pixels (the whole image with detection off); score: the
+    detector's probability (None without detection); landmarks: (5, 2) x, y (None without
+    detection); age: years (None if the model has no age head); age_range: (low, high) years,
+    fitted on validation faces to hold the true age with the predictor's ``age_range_coverage``
+    (None if the model has no fitted ranges); gender / ethnicity: class name -> probability
+    (None if the model lacks the head); chip: the model's input, uint8 (S, S) gray or (S, S, 3)
+    RGB, S = 48 for the published models.
     """
 
     box: tuple[float, float, float, float]
@@ -51,7 +51,7 @@ class Face:
     gender: dict[str, float] | None
     ethnicity: dict[str, float] | None
     chip: np.ndarray = field(repr=False)
-    age_range: tuple[float, float] | None = None  # low, high: holds the true age 80 % of the time
+    age_range: tuple[float, float] | None = None  # low, high years
 
     def to_dict(self) -> dict:
         """JSON-ready values (no chip), rounded to what is meaningful."""
@@ -116,6 +116,7 @@ class Predictor:
         self.runner = runner
         self.size, self.gray = int(size), bool(gray)
         self.calibrated = calibrated
+        self.age_range_coverage: float | None = None  # set by the constructors when ranges are fitted
         self.source = source
         self.release = release or {}
         self.device = select_device(device)
@@ -166,7 +167,10 @@ class Predictor:
         _, channels, size, _ = shape
         meta = runner.session.get_modelmeta().custom_metadata_map
         calibrated = meta.get("faceattr.calibrated") == "true"
-        return cls(runner, size, channels == 1, calibrated, str(path), device=device, **options)
+        predictor = cls(runner, size, channels == 1, calibrated, str(path), device=device, **options)
+        if "age_low" in runner.output_names and "faceattr.age_range_coverage" in meta:
+            predictor.age_range_coverage = float(meta["faceattr.age_range_coverage"])
+        return predictor
 
     @classmethod
     def _from_loaded(
@@ -183,7 +187,10 @@ class Predictor:
         runner: InferenceModel | OnnxModel = model
         if backend == "onnx":
             runner = OnnxModel(onnx_bytes(model, 1 if gray else 3, size), device=device)
-        return cls(runner, size, gray, bool(temperature), source, ckpt.get("release"), device=device, **options)
+        predictor = cls(runner, size, gray, bool(temperature), source, ckpt.get("release"), device=device, **options)
+        if "age_low" in model.output_names:
+            predictor.age_range_coverage = float(calibration["age_interval"]["coverage"])
+        return predictor
 
     @property
     def detector(self) -> FaceDetector:
@@ -300,10 +307,17 @@ def load_calibration(run_dir: Path, checkpoint: str = "best.pt") -> dict:
     interval = data.get("age_interval")
     if interval is not None:
         half = interval.get("half_width") if isinstance(interval, dict) else None
-        if not isinstance(half, list) or not half or not all(_positive(h) or h == 0 for h in half):
+        cover = interval.get("coverage") if isinstance(interval, dict) else None
+        if not (isinstance(cover, float) and 0 < cover < 1):
+            raise InputError(f"{path}: age_interval.coverage = {cover!r}; expected a share between 0 and 1")
+        if not isinstance(half, list) or not half or not all(_positive(h) or _is_zero(h) for h in half):
             raise InputError(f"{path}: age_interval.half_width = {half!r}; expected a list of years >= 0, one per bin")
         out["age_interval"] = interval
     return out
+
+
+def _is_zero(x) -> bool:
+    return not isinstance(x, bool) and x == 0
 
 
 def _positive(x) -> bool:
@@ -441,7 +455,12 @@ class _Writer:
     def __init__(self, fmt: str, out: TextIO, predictor: Predictor, width: int):
         self.fmt, self.out, self.width = fmt, out, min(width, 60)
         self.results: list[dict] = []
-        self.meta = {"model": predictor.source, "backend": predictor.backend, "calibrated": predictor.calibrated}
+        self.meta = {
+            "model": predictor.source,
+            "backend": predictor.backend,
+            "calibrated": predictor.calibrated,
+            "age_range_coverage": predictor.age_range_coverage,
+        }
         self.classes = {t: CLASS_NAMES[t] for t in ("gender", "ethnicity")}
         if fmt == "csv":
             self.csv = csv.writer(out)
@@ -453,7 +472,7 @@ class _Writer:
             self._line({"type": "meta", **self.meta})
         elif fmt == "table":
             print(
-                f"{'file':<{self.width}}  face  {'box (x1,y1,x2,y2)':<24} score  {'age (80% range)':<16} "
+                f"{'file':<{self.width}}  face  {'box (x1,y1,x2,y2)':<24} score  {'age (range)':<16} "
                 f"{'gender':<13}  ethnicity",
                 file=out,
             )

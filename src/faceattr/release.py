@@ -83,15 +83,21 @@ def test_headline(ckpt: dict, data_dir: Path, device: torch.device) -> dict:
 
 
 def same_network(a: dict, b: dict) -> bool:
-    """The same tensors under the same names (compared as stored: float16)."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    """The same model: equal tensors under the same names (compared as stored: float16) and the
+    same architecture, preprocessing and age decoding (routing temperature included), so only
+    the record and the calibration may differ."""
+    if any(a.get(k) != b.get(k) for k in ("model_args", "preprocessing", "age")):
+        return False
+    wa, wb = a["model"], b["model"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def check_replaces(path: Path, new: dict, force: bool, new_model: dict | None = None) -> dict | None:
     """The release record of the weights at ``path`` (None if there are none). Refuses, unless
     ``force``: the packaged weights from a model judged on another split than the canonical
     one, and any weights judged on another split or scoring at least as well. The same network
-    (``new_model`` equal to the weights there) may always refresh its record and calibration."""
+    (``new_model``, a release checkpoint, equal to the one there) may always refresh its record
+    and calibration."""
     from faceattr.train import load_checkpoint
 
     if path.is_dir():
@@ -108,8 +114,8 @@ def check_replaces(path: Path, new: dict, force: bool, new_model: dict | None = 
     old = existing.get("release")
     if old is None or force:
         return old
-    if new_model is not None and same_network(existing["model"], new_model):
-        return old  # the same weights with a refreshed record or calibration: not a new model
+    if new_model is not None and same_network(existing, new_model):
+        return {**old, "refreshed": True}  # the same model with a new record or calibration
     old_split, old_score = old.get("split_hash"), (old.get("test") or {}).get("score")
     if old_split != new["split_hash"] or old_score is None:
         raise InputError(
@@ -203,7 +209,7 @@ def export(
         }
         shipped = release_checkpoint(ckpt, calibration, release)
         release["test"] = test_headline(shipped, data_dir, device)
-        previous = check_replaces(weights, release, force, shipped["model"])
+        previous = check_replaces(weights, release, force, shipped)
         buffer = io.BytesIO()
         torch.save(shipped, buffer)
         data = buffer.getvalue()
@@ -220,7 +226,12 @@ def export(
             "sha256": hashlib.sha256(data).hexdigest(),
             "test_float32": full,
             "test_float16": release["test"],
-            "replaced": previous and {"name": previous.get("name"), "test": previous.get("test")},
+            "replaced": previous
+            and {
+                "name": previous.get("name"),
+                "test": previous.get("test"),
+                "same_model": bool(previous.get("refreshed")),
+            },
         }
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # ONNX from what ships
 
@@ -233,6 +244,11 @@ def export(
             "faceattr.version": __version__,
             "faceattr.model": (ckpt.get("release") or {}).get("name", path.name),
             "faceattr.calibrated": "true" if temperature else "false",
+            **(
+                {"faceattr.age_range_coverage": str(calibration["age_interval"]["coverage"])}
+                if "age_low" in model.output_names
+                else {}
+            ),
             "faceattr.input": f"float32 (N, {channels}, {size}, {size}) pixel values 0..255",
         }
         data = onnx_bytes(model, channels, size, metadata)

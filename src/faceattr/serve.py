@@ -53,7 +53,8 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] | None = Field(description="eyes, nose, mouth corners: x, y")
     age: float | None = Field(description="years")
     age_range: list[float] | None = Field(
-        description="[low, high] years: fitted on held-out faces to hold the true age 80 % of the time"
+        description="[low, high] years, fitted on held-out faces to hold the true age with the share "
+        "given by /v1/model age_range_coverage"
     )
     gender: dict[str, float] | None = Field(description="class -> calibrated probability")
     ethnicity: dict[str, float] | None = Field(description="class -> calibrated probability")
@@ -94,6 +95,7 @@ class ModelInfo(BaseModel):
     classes: dict[str, list[str]]
     age: dict | None
     metrics: dict | None = Field(description="test metrics of the release (see MODEL_CARD.md)")
+    age_range_coverage: float | None = Field(description="share of true ages the age ranges are fitted to hold")
     intended_use: str
     limits: dict[str, int]
 
@@ -193,6 +195,7 @@ def create_app(
             classes={t: list(v) for t, v in CLASS_NAMES.items()},
             age=None if spec is None else {"head": spec.head, "bin_edges": list(spec.edges)},
             metrics=metrics,
+            age_range_coverage=predictor.age_range_coverage,
             intended_use=INTENDED_USE,
             limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight},
         )
