@@ -14,7 +14,6 @@ import io
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,12 +27,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from faceattr.cache import write_json
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from faceattr.serve import free_port
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> float:

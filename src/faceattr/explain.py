@@ -402,6 +402,14 @@ def _cam_output(head: str, age: AgeSpec | None) -> str:
     return head
 
 
+def _classes(output: str, pred: dict[str, np.ndarray]) -> np.ndarray | None:
+    # The predicted class (or age bin) each map explains, from predictions already made, so
+    # compute_cams need not run the model once more to find it; None for a regression output.
+    if output == "age_bin":
+        return pred["age_bin_prob"].argmax(1)
+    return pred[output].argmax(1) if output in CLASS_NAMES else None
+
+
 def cam_overlays(
     model: FaceNet,
     faces: np.ndarray,
@@ -421,8 +429,7 @@ def cam_overlays(
     out = {}
     for head in _head_plan(model, age):
         output = _cam_output(head, age)
-        classes = pred["age_bin_prob"].argmax(1) if output == "age_bin" else None
-        cams = compute_cams(model, faces, mean, std, output, classes, age, device, layer=layer)
+        cams = compute_cams(model, faces, mean, std, output, _classes(output, pred), age, device, layer=layer)
         images = np.stack(
             [
                 np.asarray(Image.fromarray(overlay(f, c)).resize((size, size), Image.Resampling.BICUBIC))
@@ -454,7 +461,7 @@ def explain_images(
     cams, captions = [], []
     for head in heads:
         output = _cam_output(head, age)
-        classes = pred["age_bin_prob"].argmax(1) if output == "age_bin" else None
+        classes = _classes(output, pred)
         cams.append(compute_cams(model, faces, pre["mean"], pre["std"], output, classes, age, device, layer=layer))
         captions.append([_pred_text(head, pred, i, age) for i in range(len(faces))])
     fig = Figure(figsize=(1.3 * (len(heads) + 1), 1.4 * len(faces) + 0.4))

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from faceattr import age as agemod
-from faceattr.atomic import atomic_path
 from faceattr.inputerror import InputError
 from faceattr.metrics import CLASS_NAMES
 from faceattr.model import FaceNet
@@ -139,18 +138,6 @@ def onnx_bytes(model: InferenceModel, channels: int, size: int, metadata: dict[s
     # The new exporter writes large weights to a side file unless asked to embed them.
     program.save(buffer, external_data=False)
     return buffer.getvalue()
-
-
-def export_onnx(
-    model: InferenceModel, channels: int, size: int, path: str | Path, metadata: dict[str, str] | None = None
-) -> Path:
-    """Write ``onnx_bytes`` to ``path`` atomically."""
-    data = onnx_bytes(model, channels, size, metadata)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return path
 
 
 class OnnxModel:

@@ -63,14 +63,12 @@ def release_checkpoint(ckpt: dict, calibration: dict, release: dict) -> dict:
     return out
 
 
-def test_headline(ckpt: dict, data_dir: Path, device: torch.device) -> dict:
-    """Point metrics of a checkpoint's weights on the test split of ``data_dir`` (the split
-    it was trained on), as the training loop computes them."""
-    from faceattr.evaluation import load_split_data
+def test_headline(ckpt: dict, prepared, device: torch.device) -> dict:
+    """Point metrics of a checkpoint's weights on the test split of ``prepared`` (the data it
+    was trained on, checked by ``load_split_data``), as the training loop computes them."""
     from faceattr.tasks import AgeSpec
     from faceattr.train import evaluate, headline, model_from_checkpoint
 
-    prepared = load_split_data(data_dir, ckpt, "test")
     pre = ckpt["preprocessing"]
     age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
     model = model_from_checkpoint(ckpt, device).float()
@@ -168,7 +166,7 @@ def export(
     file, or of the packaged weights with ``run="pretrained"``). Everything is built and checked
     in memory first (size limit, replacement rule, ONNX parity); files are written only when
     all checks pass. Returns a summary for results/release.json."""
-    from faceattr.evaluation import find_data_dir
+    from faceattr.evaluation import find_data_dir, load_split_data
     from faceattr.inference import inference_model, onnx_bytes
     from faceattr.predictor import calibration_of, half_widths
     from faceattr.train import load_checkpoint
@@ -191,13 +189,15 @@ def export(
         except InputError:
             if weights is not None:  # release metrics need the test split; ONNX parity does not
                 raise
+    # The test faces, read once: release metrics for both weight precisions and the ONNX check.
+    prepared = load_split_data(data_dir, ckpt, "test") if data_dir is not None else None
     device = torch.device("cpu")
     files: list[tuple[Path, bytes]] = []
 
     if weights is not None:
         weights = Path(weights)
         log("evaluating the float32 and float16 weights on the test split ...")
-        full = test_headline(ckpt, data_dir, device)
+        full = test_headline(ckpt, prepared, device)
         release = {
             "name": PRETRAINED_NAME,
             "faceattr_version": __version__,
@@ -208,7 +208,7 @@ def export(
             "report": report_headline(run_dir),
         }
         shipped = release_checkpoint(ckpt, calibration, release)
-        release["test"] = test_headline(shipped, data_dir, device)
+        release["test"] = test_headline(shipped, prepared, device)
         previous = check_replaces(weights, release, force, shipped)
         buffer = io.BytesIO()
         torch.save(shipped, buffer)
@@ -252,10 +252,8 @@ def export(
             "faceattr.input": f"float32 (N, {channels}, {size}, {size}) pixel values 0..255",
         }
         data = onnx_bytes(model, channels, size, metadata)
-        if data_dir is not None:
-            from faceattr.evaluation import load_split_data
-
-            images = load_split_data(data_dir, ckpt, "test").part("test").images[:256]
+        if prepared is not None:
+            images = prepared.part("test").images[:256]
             checked_on = f"{len(images)} test faces of {data_dir}"
         else:
             shape = (64, size, size) if channels == 1 else (64, size, size, 3)

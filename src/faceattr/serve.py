@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from faceattr import __version__
 from faceattr.imageio import ImageLoadError, load_image
@@ -238,24 +239,19 @@ def create_app(
     return app
 
 
-async def run_in_threadpool(fn, *args):
-    from starlette.concurrency import run_in_threadpool as run
-
-    return await run(fn, *args)
-
-
 async def read_upload(request: Request, limit: int) -> bytes:
     """The image bytes of a request (raw body or the first file of a multipart form), read into
     memory and refused with 413 as soon as the body passes ``limit`` bytes."""
+    # A multipart envelope adds a few hundred bytes around the file: the body may exceed the
+    # limit by this much, and the file itself is checked once parsed.
+    body_limit = limit + 64 * 1024
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise Refused(413, f"upload of {int(declared):,} bytes; the limit is {limit:,} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        # A multipart envelope adds a few hundred bytes around the file; allow for it here
-        # and check the file itself below.
-        if size > limit + 64 * 1024:
+        if size > body_limit:
             raise Refused(413, f"upload over {limit:,} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
@@ -351,15 +347,20 @@ def png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now, picked by the system."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread for the duration of a ``with`` block;
     yields its base URL (port 0: a free port picked by the system). For tests and tools."""
     import uvicorn
 
-    with socket.socket() as probe:  # uvicorn needs a concrete port to report back
-        probe.bind((host, port))
-        port = probe.getsockname()[1]
+    port = port or free_port(host)  # uvicorn needs a concrete port to report back
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
