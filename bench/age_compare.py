@@ -10,8 +10,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 from faceattr.config import resolve_config
+from faceattr.runs import checkpoint_path
 from faceattr.train import train
 
 HEADS = ("two_stage", "direct", "dex")
@@ -51,7 +52,7 @@ def main() -> None:
                 "name": f"age-{head}",
                 "tasks": ["gender", "ethnicity", "age"],
                 "age_head": head,
-                "init_from": str(args.init_from / "best.pt"),
+                "init_from": str(checkpoint_path(args.init_from)),
                 "epochs": args.epochs,
                 "lr": source.lr / 2,
                 "warmup_epochs": 1.0,

@@ -23,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr.age import age_metrics, age_to_bin, fit_routing_temperature, soft_route
-from faceattr.cache import load_prepared, write_json
-from faceattr.metrics import CLASS_NAMES, head_metrics
-from faceattr.tasks import AgeSpec
-from faceattr.train import load_checkpoint, model_from_checkpoint, predict_outputs
+from faceattr.age import fit_routing_temperature, soft_route
+from faceattr.atomic import write_json
+from faceattr.cache import load_prepared
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
+from faceattr.labels import CLASS_NAMES
+from faceattr.metrics import age_metrics, head_metrics
+from faceattr.tasks import predicted_bin
+from faceattr.train import predict_outputs
 
 
 def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float | None = None) -> dict:
@@ -37,7 +40,7 @@ def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float 
     routing at the temperature fitted on validation (``routing_t`` None: fit it here, on
     this split, which must then be validation; for test pass the validation value in)."""
     part = prepared.part(split)
-    spec = AgeSpec(**ckpt["age"])
+    spec = age_spec(ckpt)
     pre = ckpt["preprocessing"]
     pred = predict_outputs(model, part.images, pre["mean"], pre["std"], "cpu", spec, 512, flip=flip)
     edges = np.asarray(spec.edges)
@@ -45,7 +48,7 @@ def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float 
     out = {t: head_metrics(getattr(part, t).astype(np.int64), pred[t], CLASS_NAMES[t]) for t in CLASS_NAMES}
     if spec.head == "two_stage":
         prob, ages = pred["age_bin_prob"], pred["age_bin_ages"]
-        pred_bin = prob.argmax(1)
+        pred_bin = predicted_bin(pred, spec)
         if routing_t is None:
             routing_t = fit_routing_temperature(prob, ages, part.age)
         out["age_soft"] = age_metrics(part.age, soft_route(prob, ages, 1.0), edges, pred_bin, **groups)
@@ -53,7 +56,7 @@ def score(ckpt: dict, model, prepared, split: str, flip: bool, routing_t: float 
         out["age_soft_tempered"] = age_metrics(part.age, soft_route(prob, ages, routing_t), edges, pred_bin, **groups)
         out["routing_temperature"] = routing_t
     else:
-        out["age"] = age_metrics(part.age, pred["age"], edges, age_to_bin(pred["age"], edges), **groups)
+        out["age"] = age_metrics(part.age, pred["age"], edges, predicted_bin(pred, spec), **groups)
     return out
 
 
@@ -96,7 +99,7 @@ def main() -> None:
     runs += [(r, "joint", minutes(r)) for r in args.joint]
     table, details = [], {}
     for run, how, cost in runs:
-        ckpt = load_checkpoint(run / "best.pt")
+        ckpt = load_checkpoint(run)
         model = model_from_checkpoint(ckpt)
         head = ckpt["age"]["head"]
         for flip in (False, True):

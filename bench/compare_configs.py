@@ -10,9 +10,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
+from faceattr.checkpoint import load_checkpoint
 from faceattr.config import resolve_config
-from faceattr.train import load_checkpoint, train
+from faceattr.train import train
 
 # Same training img/s class on this CPU gives comparable epochs; s2pool-w32 is ~3x faster.
 CANDIDATES = [
@@ -34,7 +35,7 @@ def main() -> None:
         name = f"{cand['stem']}-w{cand['width']}"
         cfg = resolve_config(overrides={**cand, "name": name, "max_minutes": args.minutes, "warmup_epochs": 1.0})
         result = train(cfg, args.data, args.runs / name)
-        best = load_checkpoint(args.runs / name / "best.pt")
+        best = load_checkpoint(args.runs / name)
         val = best["metrics"]["val"]
         rows.append(
             {

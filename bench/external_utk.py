@@ -24,10 +24,12 @@ import numpy as np
 from PIL import Image
 
 from faceattr.align import TEMPLATE, align_face, similarity_transform
-from faceattr.cache import load_prepared, write_json
+from faceattr.atomic import write_json
+from faceattr.cache import load_prepared
 from faceattr.dedupe import pixel_sha1
 from faceattr.imageio import load_image
-from faceattr.metrics import CLASS_NAMES, head_metrics
+from faceattr.labels import CLASS_NAMES
+from faceattr.metrics import head_metrics
 from faceattr.predictor import Predictor
 from faceattr.readers import decode_image, parse_utk_name
 

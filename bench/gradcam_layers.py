@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 from faceattr.explain import TRUNK, _cam_output, _head_plan, layer_cells, load_run, sanity_check, split_faces
 
 

@@ -10,9 +10,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
+from faceattr.checkpoint import load_checkpoint
 from faceattr.config import resolve_config
-from faceattr.train import load_checkpoint, train
+from faceattr.runs import LAST
+from faceattr.train import train
 
 
 def main() -> None:
@@ -37,7 +39,7 @@ def main() -> None:
             }
         )
         result = train(cfg, args.data, args.runs / name)
-        history = load_checkpoint(args.runs / name / "last.pt")["history"]
+        history = load_checkpoint(args.runs / name / LAST)["history"]
         rows.append(
             {
                 "minority_power": power,

@@ -26,7 +26,7 @@ import requests
 from PIL import Image
 from skimage import data as skdata
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 from faceattr.serve import free_port
 
 

@@ -19,10 +19,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from faceattr.augment import AugmentConfig, augment_batch, normalize, strength_per_class, to_unit
-from faceattr.cache import load_prepared, write_json
+from faceattr.atomic import write_json
+from faceattr.augment import AugmentConfig, augment_batch, strength_per_class
+from faceattr.cache import load_prepared
 from faceattr.config import resolve_config
 from faceattr.model import FaceNet
+from faceattr.preprocess import normalize, to_unit
 from faceattr.sampling import class_sample_weights, epoch_indices
 from faceattr.tasks import total_loss
 from faceattr.train import make_optimizer

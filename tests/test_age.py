@@ -1,4 +1,4 @@
-"""Age bins, two-stage loss and decoding, DEX/CORAL/direct baselines and age metrics,
+"""Age bins, two-stage loss and decoding, DEX/direct baselines and age metrics,
 checked against values worked out by hand on tiny tensors."""
 
 import math
@@ -8,18 +8,10 @@ import pytest
 import torch
 
 from faceattr.age import (
-    AGE_MAX,
-    AGE_MIN,
     ROUTING_TEMPERATURES,
-    CoralLayer,
-    age_metrics,
     age_to_bin,
-    attach_coral_layer,
     bin_ages,
     bin_edges,
-    coral_heads,
-    coral_loss,
-    decode_coral,
     decode_dex,
     decode_direct,
     decode_two_stage,
@@ -29,6 +21,8 @@ from faceattr.age import (
     two_stage_heads,
     two_stage_loss,
 )
+from faceattr.labels import AGE_MAX, AGE_MIN
+from faceattr.metrics import age_metrics
 from faceattr.model import FaceNet
 
 EDGES3 = np.array([1.0, 13.0, 20.0, 117.0])  # spans [0.5, 12.5), [12.5, 19.5), [19.5, 116.5)
@@ -64,11 +58,9 @@ def test_age_to_bin_golden_numpy_and_torch():
 
 
 def test_heads_fit_facenet():
-    net = FaceNet(stem="s2", width=8, heads={**two_stage_heads(6), **coral_heads(5)})
-    attach_coral_layer(net)
+    net = FaceNet(stem="s2", width=8, heads=two_stage_heads(6))
     out = net(torch.zeros(2, 1, 48, 48))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {"age_bin": (2, 6), "age_reg": (2, 6), "age_coral": (2, 4)}
-    assert isinstance(net.heads["age_coral"], CoralLayer)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"age_bin": (2, 6), "age_reg": (2, 6)}
 
 
 def test_decode_hard_vs_soft():
@@ -120,36 +112,6 @@ def test_two_stage_loss_trains_only_the_true_bins_regressor():
     mask = torch.zeros(2, 3, dtype=torch.bool)
     mask[torch.arange(2), true_bin] = True
     assert (reg.grad[~mask] == 0).all() and (reg.grad[mask] != 0).all()
-
-
-def test_coral_decode_golden():
-    big = 20.0
-    logits = torch.tensor([[big, big, big, -big, -big], [-big] * 5, [big] * 5])
-    assert decode_coral(logits).tolist() == [4.0, 1.0, 6.0]  # age = 1 + m positive tasks
-    assert torch.allclose(decode_coral(torch.zeros(1, 4), expected=True), torch.tensor([3.0]))
-
-
-def test_coral_loss_hand_computed_2x3():
-    logits = torch.tensor([[1.0, -1.0, 0.0], [2.0, 0.0, -2.0]])
-    ages = torch.tensor([2.0, 4.0])  # levels [1, 0, 0] and [1, 1, 1]
-
-    def log_sig(x):
-        return -math.log(1 + math.exp(-x))
-
-    row0 = log_sig(1) + log_sig(1) + log_sig(0)  # y=0 uses log(1 - sigmoid(l)) = log_sig(-l)
-    row1 = log_sig(2) + log_sig(0) + log_sig(-2)
-    expected = -(row0 + row1) / 2
-    assert coral_loss(logits, ages).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_coral_layer_shares_weights():
-    layer = CoralLayer(4, num_classes=4)
-    x = torch.randn(5, 4)
-    out = layer(x)
-    # Tasks differ only by their bias: subtracting it leaves identical columns.
-    diff = out - layer.bias
-    assert torch.allclose(diff, diff[:, :1].expand_as(diff))
-    assert torch.all(layer.bias[:-1] > layer.bias[1:])
 
 
 def test_dex_expected_age_and_loss():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceattr.augment import AugmentConfig, augment_batch, strength_per_class, to_input
+from faceattr.augment import AugmentConfig, augment_batch, strength_per_class
+from faceattr.preprocess import to_input
 
 CFG = AugmentConfig()
 

@@ -6,8 +6,8 @@ from importlib import resources
 
 import pytest
 
+from faceattr.checkpoint import load_checkpoint
 from faceattr.cli import SAMPLE_NAME, main
-from faceattr.train import load_checkpoint
 
 TINY = ["--set", "epochs=1", "--set", "width=4", "--set", "threads=1", "--set", "device=cpu"]
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceattr.datareport import AGE_BANDS, PLOT_FILES, SPLITS, write_data_report
-from faceattr.dataset import ETHNICITIES, GENDERS, FaceData
+from faceattr.datareport import PLOT_FILES, SPLIT_VALUES, write_data_report
+from faceattr.dataset import FaceData
+from faceattr.labels import AGE_BAND_NAMES, ETHNICITIES, GENDERS
 
 
 def make_faces(rgb: bool, n: int = 60, seed: int = 0) -> tuple[FaceData, np.ndarray, np.ndarray]:
@@ -33,7 +34,7 @@ def make_faces(rgb: bool, n: int = 60, seed: int = 0) -> tuple[FaceData, np.ndar
         names=np.array([f"img{i}.jpg" for i in range(n)]),
         source="synthetic",
     )
-    split = rng.choice(np.array(SPLITS), n, p=[0.6, 0.15, 0.15, 0.1])
+    split = rng.choice(np.array(SPLIT_VALUES), n, p=[0.6, 0.15, 0.15, 0.1])
     split[pairs[:, 1]] = split[pairs[:, 0]]
     return data, split, pairs
 
@@ -73,12 +74,12 @@ def test_report_counts_match_numpy(tmp_path, rgb):
     assert sum(labels["age_bands"].values()) == 60
 
     splits = report["splits"]
-    assert list(splits) == list(SPLITS)
-    for s in SPLITS:
+    assert list(splits) == list(SPLIT_VALUES)
+    for s in SPLIT_VALUES:
         assert splits[s]["n"] == int((split == s).sum())
     for key in ("ethnicity", "gender", "age_bands"):
         for cls in labels[key]:
-            assert sum(splits[s][key][cls] for s in SPLITS) == labels[key][cls]
+            assert sum(splits[s][key][cls] for s in SPLIT_VALUES) == labels[key][cls]
 
     dups = report["duplicates"]
     assert dups["pairs"] == 3 and dups["label_conflicts"] == dups["gender_conflicts"] == 1
@@ -86,7 +87,7 @@ def test_report_counts_match_numpy(tmp_path, rgb):
     assert dups["conflicts_listed"][0]["ids"] == ["row00002", "row00012"]
 
     md = (tmp_path / "data_report.md").read_text()
-    for name in ETHNICITIES + GENDERS + AGE_BANDS:
+    for name in ETHNICITIES + GENDERS + AGE_BAND_NAMES:
         assert name in md
     for rel in report["plots"].values():
         assert f"]({rel})" in md

@@ -250,3 +250,26 @@ def test_tasks_of_checkpoints_from_before_the_age_head():
     old = {"model_args": {"heads": {"gender": 2, "ethnicity": 5}}, "config": {}, "age": None}
     assert checkpoint_tasks(old) == ["gender", "ethnicity"]
     assert checkpoint_tasks({"tasks": ["gender", "ethnicity", "age"]}) == ["gender", "ethnicity", "age"]
+
+
+def test_the_data_of_a_run_is_found_beside_it_never_from_the_working_folder(tmp_path, monkeypatch):
+    import json
+
+    from faceattr.evaluation import find_data_dir
+    from faceattr.inputerror import InputError
+
+    ckpt = {"split_hash": "abc", "data": {"input_sha256": "0" * 64}}
+
+    def prepared(folder):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"split_hash": "abc", "input": {"sha256": "0" * 64}}))
+        (folder / "data.npz").write_bytes(b"")
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    prepared(tmp_path / "prepared" / "d")  # where an old default guessed from the working folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="pass --data PREPARED_DIR"):
+        find_data_dir(run, ckpt)
+    prepared(tmp_path / "runs" / "data")
+    assert find_data_dir(run, ckpt) == tmp_path / "runs" / "data"

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from torchvision.models.resnet import BasicBlock
 
-from faceattr.model import STEMS, FaceNet, build_model, model_args
+from faceattr.model import STEMS, BasicBlock, FaceNet, build_model, model_args
 
 LAYER4_SIDE = {"s1": 6, "s1pool": 3, "s2": 3, "s2pool": 2}
 

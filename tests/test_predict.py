@@ -26,9 +26,10 @@ from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
 from faceattr.evaluation import apply_temperature
 from faceattr.imageio import ImageLoadError, load_image
-from faceattr.inference import chips_to_pixels
+from faceattr.onnxmodel import chips_to_pixels
 from faceattr.inputerror import InputError
-from faceattr.predictor import Predictor, expand_inputs
+from faceattr.inputs import expand_inputs
+from faceattr.predictor import Predictor
 from faceattr.readers import decode_image
 from faceattr.train import train
 

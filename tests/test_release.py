@@ -15,12 +15,15 @@ import torch
 
 from faceattr import release
 from faceattr.cli import main
-from faceattr.inference import OnnxModel, chips_to_pixels, inference_model, onnx_bytes
+from faceattr.calibration import half_widths
+from faceattr.inference import inference_model, onnx_bytes
+from faceattr.onnxmodel import OnnxModel, chips_to_pixels
 from faceattr.inputerror import InputError
-from faceattr.predictor import Predictor, half_widths
+from faceattr.predictor import Predictor
 from faceattr.readers import read_kaggle_csv
-from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, pretrained_path, sha256
-from faceattr.train import load_checkpoint
+from faceattr.pretrained import pretrained_path
+from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, sha256
+from faceattr.checkpoint import load_checkpoint
 from tiny_model import make_tiny_run
 
 TEMPERATURE = {"gender": 0.7, "ethnicity": 1.3}
@@ -133,7 +136,9 @@ def test_predict_backend_onnx_gives_the_torch_answers(tiny, tmp_path, capsys):
     face = doc["results"][0]["faces"][0]
     want = by_torch.predict(chips[0], detect=False)[0]
     assert face["gender"]["female"] == pytest.approx(want.gender["female"], abs=1e-4)
-    assert main([*args, "--model", str(exported)]) == 2  # an .onnx file needs --backend onnx
+    assert main([*args, "--model", str(exported)]) == 0  # an .onnx file runs on ONNX Runtime by default
+    assert json.loads(capsys.readouterr().out)["backend"] == "onnx"
+    assert main([*args, "--model", str(exported), "--backend", "torch"]) == 2
     assert "--backend onnx" in capsys.readouterr().err
 
 
@@ -239,3 +244,32 @@ def test_export_bad_inputs_are_one_line_errors(tiny, tmp_path, capsys):
     bad.write_bytes(b"\x08\x07garbage")
     with pytest.raises(InputError, match="bad.onnx: not a loadable ONNX model"):
         Predictor.from_onnx(bad)
+
+
+def test_the_shipped_model_gives_the_answers_it_gave_before_the_lean_inference_path():
+    """tests/data/shipped_outputs_before.npz: the shipped model's outputs on 128 sample faces,
+    computed by the code before the refactor (tools/shipped_outputs_fixture.py). PyTorch must
+    give them bit for bit; the packaged ONNX graph within the export tolerance, same classes."""
+    from importlib import resources
+
+    before = np.load(Path(__file__).parent / "data" / "shipped_outputs_before.npz")
+    with resources.as_file(resources.files("faceattr.sample").joinpath("utkface48_sample.csv.gz")) as sample:
+        data, _ = read_kaggle_csv(sample)
+    assert data.ids[:128].tolist() == before["ids"].tolist()
+    pixels = chips_to_pixels(data.images[:128])
+    by_torch = Predictor.from_pretrained(backend="torch").runner.run(pixels)
+    by_onnx = Predictor.from_pretrained().runner.run(pixels)
+    assert set(by_torch) == set(by_onnx) == set(before.files) - {"ids"}
+    for name, want in by_torch.items():
+        assert np.array_equal(want, before[name]), name
+        assert np.abs(by_onnx[name] - before[name]).max() <= PARITY_TOLERANCE, name
+        if want.ndim == 2:
+            assert np.array_equal(by_onnx[name].argmax(1), before[name].argmax(1)), name
+
+
+def test_the_packaged_onnx_graph_is_built_from_the_packaged_weights():
+    onnx_file, weights = pretrained_path(suffix=".onnx"), pretrained_path()
+    meta = OnnxModel(onnx_file).metadata
+    assert meta["faceattr.weights_sha256"] == sha256(weights)
+    assert json.loads(meta["faceattr.release"]) == load_checkpoint(weights)["release"]
+    assert onnx_file.stat().st_size <= MAX_RELEASE_BYTES  # float16 weights inside, losslessly

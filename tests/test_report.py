@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from faceattr.cache import Prepared, load_prepared, save_prepared
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.cli import main
 from faceattr.evaluation import apply_temperature
 from faceattr.inputerror import InputError
 from faceattr.report import evaluate_run
-from faceattr.tasks import AgeSpec
-from faceattr.train import evaluate, load_checkpoint, model_from_checkpoint
+from faceattr.train import evaluate
 
 HEADLINE = {
     "gender_accuracy",
@@ -89,7 +89,7 @@ def test_report_numbers_match_the_training_engine(tiny_run, report):
         pre["mean"],
         pre["std"],
         "cpu",
-        AgeSpec(**ckpt["age"]),
+        age_spec(ckpt),
     )
     assert report["gender"]["accuracy"] == pytest.approx(ref["gender"]["accuracy"])
     assert report["headline"]["gender_accuracy"]["value"] == pytest.approx(ref["gender"]["accuracy"])

@@ -33,7 +33,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor.from_pretrained()
+    return Predictor.from_pretrained(backend="torch")  # Grad-CAM needs PyTorch
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,8 @@ def test_concurrent_requests_share_one_model_and_agree(app, astronaut, monkeypat
         pytest.fail("a request loaded a model")
 
     # Everything that builds a model or a detector; the app built both before these requests.
-    monkeypatch.setattr(faceattr.predictor, "load_checkpoint", no_second_model)
-    monkeypatch.setattr(faceattr.predictor, "inference_model", no_second_model)
+    monkeypatch.setattr(faceattr.checkpoint, "load_checkpoint", no_second_model)
+    monkeypatch.setattr(faceattr.inference, "inference_model", no_second_model)
     monkeypatch.setattr(faceattr.align.FaceDetector, "__init__", no_second_model)
     photos = [jpeg(astronaut), jpeg(astronaut.rotate(8)), jpeg(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
     client = TestClient(app)

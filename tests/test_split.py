@@ -11,10 +11,9 @@ import pytest
 from faceattr.dataset import FaceData
 from faceattr.dedupe import find_duplicates, pixel_sha1
 from faceattr.inputerror import InputError
+from faceattr.labels import EXCLUDED, SPLITS
 from faceattr.split import (
-    EXCLUDED,
     SPLIT_COLUMNS,
-    SPLITS,
     age_band,
     make_split,
     read_split_csv,

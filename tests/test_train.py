@@ -14,11 +14,12 @@ import torch
 
 from faceattr.age import ROUTING_TEMPERATURES
 from faceattr.cache import Prepared, load_prepared, save_prepared
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
 from faceattr.model import FaceNet
-from faceattr.tasks import AgeSpec, make_age_spec, model_heads
-from faceattr.train import load_checkpoint, make_scheduler, model_from_checkpoint, param_groups, predict_outputs, train
+from faceattr.tasks import make_age_spec, model_heads
+from faceattr.train import make_scheduler, param_groups, predict_outputs, train
 
 SIDE = 24
 
@@ -231,7 +232,7 @@ def test_age_heads_train_and_report_age_metrics(data_dir, tmp_path, head):
         assert "age_hard_routing" in result["test"]
         # The soft-routing temperature is fitted on validation, stored with the weights and
         # used for the reported test ages.
-        spec = AgeSpec(**ckpt["age"])
+        spec = age_spec(ckpt)
         assert spec.routing_temperature in ROUTING_TEMPERATURES
         prepared = load_prepared(data_dir)
         pre = ckpt["preprocessing"]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 
 
 def main() -> None:

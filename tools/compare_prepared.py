@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr.cache import load_prepared, write_json
+from faceattr.atomic import write_json
+from faceattr.cache import load_prepared
 
 
 def main(a: str, b: str, out: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from faceattr.align import TEMPLATE, FaceDetector
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 

@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
 
 
 def main(run: str, out: str) -> None:

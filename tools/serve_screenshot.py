@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=900)
     args = p.parse_args()
-    app = create_app(Predictor.from_pretrained())
+    app = create_app(Predictor.from_pretrained(backend="torch"))
     with tempfile.TemporaryDirectory() as tmp, running(app) as url, sync_playwright() as pw:
         photo = Path(tmp) / "astronaut.jpg"
         Image.fromarray(skdata.astronaut()).save(photo, quality=92)

@@ -1,6 +1,6 @@
 """Age estimation: equal-population age bins, the two-stage head (bin classifier plus one
-regressor per bin), the baselines it is compared with (direct regression, DEX expectation,
-CORAL ordinal regression) and the age metrics, all as plain functions on tensors or arrays.
+regressor per bin), the baselines it is compared with (direct regression, DEX expectation), as plain functions on
+tensors or arrays. The age metrics live in ``faceattr.metrics``.
 """
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, mean_absolute_error, root_mean_squared_error
-from torch import Tensor, nn
+from torch import Tensor
 
-from faceattr.dataset import ETHNICITIES, GENDERS
+from faceattr.labels import AGE_MAX, AGE_MIN
 
-AGE_MIN, AGE_MAX = 1, 116
 CHILD_AGE = 13
 
 
@@ -215,121 +213,3 @@ def decode_dex(logits: Tensor) -> Tensor:
     """
     values = torch.arange(logits.shape[1], dtype=logits.dtype, device=logits.device) + AGE_MIN
     return (logits.softmax(1) * values).sum(1).clamp(AGE_MIN, AGE_MAX)
-
-
-class CoralLayer(nn.Module):
-    """CORAL output layer: one shared weight vector, K - 1 independent biases, (B, D) -> (B, K - 1).
-
-    Task k (0-based) scores "rank > k"; sharing the weights makes the K - 1 binary
-    classifiers differ only by a threshold, which keeps their predictions rank-consistent.
-
-    >>> CoralLayer(8, num_classes=5)(torch.zeros(3, 8)).shape
-    torch.Size([3, 4])
-    """
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.linear = nn.Linear(in_features, 1, bias=False)
-        # Decreasing thresholds from the start (as coral-pytorch), so the untrained tasks
-        # already say "rank > k" less often for larger k.
-        self.bias = nn.Parameter(torch.arange(num_classes - 1, 0, -1, dtype=torch.float32) / (num_classes - 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x) + self.bias
-
-
-def coral_heads(n_classes: int = AGE_MAX - AGE_MIN + 1) -> dict[str, int]:
-    """FaceNet head size for CORAL (K - 1 tasks); swap in the layer with ``attach_coral_layer``."""
-    return {"age_coral": n_classes - 1}
-
-
-def attach_coral_layer(model: nn.Module, name: str = "age_coral") -> nn.Module:
-    """Replace the plain Linear head ``name`` of a FaceNet with a CoralLayer of the same size."""
-    n_tasks = model.heads[name].out_features
-    model.heads[name] = CoralLayer(model.num_features, n_tasks + 1)
-    return model
-
-
-def coral_levels(ages: Tensor, n_tasks: int) -> Tensor:
-    """Binary targets (B, K - 1): level k is 1 when age - 1 > k, i.e. age > k + 1."""
-    rank = ages.round().long() - AGE_MIN
-    return (rank[:, None] > torch.arange(n_tasks, device=ages.device)).float()
-
-
-def coral_loss(logits: Tensor, ages: Tensor) -> Tensor:
-    """CORAL loss: binary cross-entropy summed over the K - 1 tasks, mean over the batch.
-
-    logits: (B, K - 1) from a CoralLayer; ages: (B,) in 1..K (Cao, Mirjalili, Raschka 2020).
-
-    >>> round(coral_loss(torch.zeros(1, 3), torch.tensor([2])).item(), 4)  # 3 x log 2
-    2.0794
-    """
-    levels = coral_levels(ages, logits.shape[1])
-    per_task = F.logsigmoid(logits) * levels + F.logsigmoid(-logits) * (1 - levels)
-    return -per_task.sum(1).mean()
-
-
-def decode_coral(logits: Tensor, expected: bool = False) -> Tensor:
-    """Ages (B,) from CORAL logits (B, K - 1): 1 + the number of tasks with p > 0.5.
-
-    ``expected=True`` gives 1 + the sum of the task probabilities instead, the expected rank
-    when the tasks are consistent, a real-valued age that can score a lower MAE.
-
-    >>> decode_coral(torch.tensor([[5.0, 5.0, -5.0, -5.0]])).item()
-    3.0
-    """
-    prob = torch.sigmoid(logits)
-    rank = prob.sum(1) if expected else (prob > 0.5).sum(1).to(logits.dtype)
-    return (rank + AGE_MIN).clamp(AGE_MIN, AGE_MAX)
-
-
-def _group_mae(err: np.ndarray, mask: np.ndarray) -> dict:
-    # An empty group gets mae None (JSON null) rather than NaN, which JSON cannot hold.
-    n = int(mask.sum())
-    return {"n": n, "mae": float(err[mask].mean()) if n else None}
-
-
-def age_metrics(
-    true_age: np.ndarray,
-    pred_age: np.ndarray,
-    edges: np.ndarray,
-    pred_bin: np.ndarray | None = None,
-    gender: np.ndarray | None = None,
-    ethnicity: np.ndarray | None = None,
-) -> dict:
-    """JSON-ready age metrics: MAE, RMSE, CS@5 and MAE by true bin, gender, ethnicity, child/not.
-
-    true_age, pred_age: (N,); edges: (K + 1,) from ``bin_edges``. With pred_bin (N,) also the
-    bin accuracy, the K x K bin confusion (rows true) and the MAE of samples whose bin was
-    right vs wrong. gender/ethnicity are label codes; -1 (unknown) is left out of their groups.
-    """
-    true_age = np.asarray(true_age, dtype=float)
-    pred_age = np.asarray(pred_age, dtype=float)
-    err = np.abs(pred_age - true_age)
-    true_bin = age_to_bin(true_age, edges)
-    out = {
-        "n": int(len(true_age)),
-        "mae": float(mean_absolute_error(true_age, pred_age)),
-        "rmse": float(root_mean_squared_error(true_age, pred_age)),
-        "cs5": float(np.mean(err <= 5)),
-        "bin_edges": [int(e) for e in edges],
-        "per_bin": {label: _group_mae(err, true_bin == k) for k, label in enumerate(bin_labels(edges))},
-        "children": {
-            f"under_{CHILD_AGE}": _group_mae(err, true_age < CHILD_AGE),
-            f"{CHILD_AGE}_plus": _group_mae(err, true_age >= CHILD_AGE),
-        },
-    }
-    if pred_bin is not None:
-        pred_bin = np.asarray(pred_bin)
-        right = pred_bin == true_bin
-        out["bin_accuracy"] = float(accuracy_score(true_bin, pred_bin))
-        out["bin_confusion"] = confusion_matrix(true_bin, pred_bin, labels=list(range(len(edges) - 1))).tolist()
-        for key, mask in (("correct_bin", right), ("wrong_bin", ~right)):
-            out[key] = {**_group_mae(err, mask), "share": float(mask.mean())}
-    for key, codes, names in (("per_gender", gender, GENDERS), ("per_ethnicity", ethnicity, ETHNICITIES)):
-        if codes is not None:
-            codes = np.asarray(codes)
-            out[key] = {name: _group_mae(err, codes == c) for c, name in enumerate(names)}
-    return out

@@ -1,4 +1,4 @@
-"""Faces in photos: detection (MTCNN from facenet-pytorch: box, score, 5 landmarks) and the
+"""Faces in photos: detection (MTCNN, ``faceattr.mtcnn``: box, score, 5 landmarks) and the
 similarity warp that frames each face like a UTKFace chip, so the chip then goes through the
 very recipe the training faces went through (gray, area resize 200 -> 48)."""
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from faceattr.inputerror import InputError
+from faceattr.mtcnn import Mtcnn
 
 CHIP_SIZE = 200  # side of a UTKFace "Aligned&Cropped" chip, the frame the model was trained on
 # Median MTCNN landmarks (x, y) in a 200x200 UTKFace chip: left eye, right eye, nose tip, left and
@@ -42,10 +42,14 @@ class Detection:
     landmarks: np.ndarray
 
 
+DETECT_SIDE = 800  # photos are searched for faces on a copy at most this many pixels long
+
+
 class FaceDetector:
-    """MTCNN with its weights from the facenet-pytorch wheel (no download). Photos larger than
-    ``max_side`` are detected on a downscaled copy and the coordinates mapped back, which bounds
-    the time per photo; faces under ``min_face_size`` pixels (in that copy) are not searched for.
+    """MTCNN (facenet-pytorch's networks, run on ONNX Runtime). Photos larger than ``max_side``
+    are detected on a downscaled copy and the coordinates mapped back, which bounds the time per
+    photo; faces under ``min_face_size`` pixels (in that copy) are not searched for, so at the
+    default 800 px a face must span about 2.5 % of the photo's longer side.
 
     A face that fills the frame (a tight crop, a UTKFace chip, a selfie) gets a box reaching past
     the edges and landmarks off by up to a quarter of the face; such photos are detected again
@@ -58,15 +62,12 @@ class FaceDetector:
         device: str = "cpu",
         min_score: float = 0.9,
         min_face_size: int = 20,
-        max_side: int = 1600,
+        max_side: int = DETECT_SIDE,
         margin: float = 0.25,
         crop_side: int = 400,
+        threads: int | None = None,
     ):
-        try:
-            from facenet_pytorch import MTCNN
-        except ImportError as e:  # a broken install, not a user error; say what to install
-            raise InputError(f"face detection needs facenet-pytorch==2.5.3 ({e}); or pass --no-detect") from None
-        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size)
+        self.mtcnn = Mtcnn(min_face_size=min_face_size, device=device, threads=threads)
         self.min_score = min_score
         self.min_face_size = min_face_size
         self.max_side = max_side
@@ -111,10 +112,7 @@ class FaceDetector:
 
     def _mtcnn(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (K, 4), probabilities (K,), landmarks (K, 5, 2) as float arrays (K may be 0)."""
-        boxes, probs, points = self.mtcnn.detect(image, landmarks=True)
-        if boxes is None:
-            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-        # facenet-pytorch returns object arrays under numpy 2; make them plain floats.
+        boxes, probs, points = self.mtcnn.detect(np.asarray(image.convert("RGB")))
         return tuple(np.asarray(a, dtype=float) for a in (boxes, probs, points))
 
 
@@ -151,6 +149,13 @@ def align_face(
     it, so huge photos stay cheap), so the bilinear warp never skips pixels.
     """
     return warp(image, similarity_transform(landmarks, TEMPLATE * (size / CHIP_SIZE)), size, border)
+
+
+def chip_scale(landmarks: np.ndarray, size: int = CHIP_SIZE) -> float:
+    """Chip pixels per photo pixel of the warp ``align_face`` makes for these landmarks; above 1
+    the chip is upsampled from the photo (a photo decoded at reduced size is then re-read whole)."""
+    m = similarity_transform(landmarks, TEMPLATE * (size / CHIP_SIZE))
+    return math.sqrt(abs(np.linalg.det(m[:, :2])))
 
 
 def warp(image: Image.Image, m: np.ndarray, size: int, border: str = "reflect") -> Image.Image:

@@ -1,4 +1,4 @@
-"""Batch augmentation on tensors (CPU or GPU), plus the uint8 -> model-input conversion.
+"""Batch augmentation on tensors (CPU or GPU) of faces in [0, 1] (``faceattr.preprocess`` makes them).
 
 Every random number comes from the caller's ``torch.Generator``, so an epoch replays
 exactly after a resume. A per-sample ``strength`` scales how hard each face is augmented.
@@ -155,26 +155,6 @@ def augment_batch(x: Tensor, strength: Tensor, generator: torch.Generator, cfg: 
     x = x + noise * (cfg.noise_std * s).view(-1, 1, 1, 1)
     x = _erase(x, s, generator, cfg)
     return x.clamp(0, 1).to(dtype)
-
-
-def to_unit(images_u8: Tensor) -> Tensor:
-    """uint8 images (B, H, W) or (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]."""
-    if images_u8.dtype != torch.uint8 or images_u8.ndim not in (3, 4):
-        raise ValueError(
-            f"expected uint8 images (B, H, W) or (B, H, W, C), got {images_u8.dtype} {tuple(images_u8.shape)}"
-        )
-    x = images_u8.unsqueeze(1) if images_u8.ndim == 3 else images_u8.permute(0, 3, 1, 2)
-    return x.float().div_(255)
-
-
-def normalize(x: Tensor, mean: float, std: float) -> Tensor:
-    """Images in [0, 1] (B, C, H, W) -> model input (x - mean) / std, same shape."""
-    return (x - mean) / std
-
-
-def to_input(images_u8: Tensor, mean: float, std: float) -> Tensor:
-    """uint8 (B, H, W) or (B, H, W, C) -> normalised float32 (B, C, H, W); for eval."""
-    return normalize(to_unit(images_u8), mean, std)
 
 
 def strength_per_class(class_counts: np.ndarray, power: float, max_strength: float) -> Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceattr.atomic import atomic_path
+from faceattr.atomic import atomic_path, write_json
 from faceattr.dataset import FaceData
 from faceattr.inputerror import InputError
 
@@ -32,25 +32,6 @@ class Prepared:
     def part(self, name: str) -> FaceData:
         """The faces of one split."""
         return self.data.subset(self.split == name)
-
-
-def write_json(obj: dict, path: Path) -> Path:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-    return path
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def save_prepared(out_dir: Path, prepared: Prepared) -> Path:

@@ -9,8 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from faceattr.config import PROFILES
 from faceattr.inputerror import InputError
+from faceattr.profiles import PROFILES
 
 SAMPLE_NAME = "utkface48_sample.csv.gz"  # the embedded UTKFace sample, inside faceattr/sample/
 
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, help="run folder, checkpoint or .onnx file (default: the weights shipped in the package)"
     )
     p.add_argument(
-        "--backend", choices=["torch", "onnx"], default="torch", help="PyTorch or ONNX Runtime (default torch)"
+        "--backend",
+        choices=["onnx", "torch"],
+        help="ONNX Runtime or PyTorch (default: onnx for the shipped weights and .onnx files, torch for runs)",
     )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="one JSON document on stdout")
@@ -108,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detect", dest="detect", action="store_false", help="inputs are ready face chips")
     p.add_argument("--batch-size", type=int, default=64, help="faces per model batch (default 64)")
     p.add_argument("--min-score", type=float, default=0.9, help="smallest detector score kept (default 0.9)")
+    p.add_argument(
+        "--detect-size",
+        type=int,
+        default=800,
+        metavar="PX",
+        help="faces are searched for on a copy of the photo at most PX long (default 800; larger finds smaller faces, slower)",
+    )
+    p.add_argument("--workers", type=int, help="threads preparing photos (default: one per usable core)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
     p = sub.add_parser("export", help="release weights (float16, calibrated) and/or a self-contained ONNX file")
@@ -177,7 +190,7 @@ def _version() -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from faceattr.cache import write_json
+    from faceattr.atomic import write_json
     from faceattr.prepare import prepare
 
     summary = prepare(
@@ -202,11 +215,12 @@ def _resolve(args: argparse.Namespace, task: str = "multitask", init_from: Path 
     profile and config file (so a user's config can still choose tasks) and, with
     ``init_from``, starts from that run's best checkpoint."""
     from faceattr.config import parse_overrides, resolve_config
+    from faceattr.runs import checkpoint_path
 
     overrides = parse_overrides(args.overrides)
     base = {"tasks": ["gender", "ethnicity", "age"]} if task == "age" else {}
     if init_from is not None:
-        overrides["init_from"] = str(init_from / "best.pt" if init_from.is_dir() else init_from)
+        overrides["init_from"] = str(checkpoint_path(init_from))
     if args.name:
         overrides["name"] = args.name
     elif "name" not in overrides:
@@ -218,7 +232,7 @@ def _resolve(args: argparse.Namespace, task: str = "multitask", init_from: Path 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from faceattr.cache import write_json
+    from faceattr.atomic import write_json
     from faceattr.train import train
 
     if args.init_from and args.task != "age":
@@ -234,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from importlib import resources
 
-    from faceattr.cache import write_json
+    from faceattr.atomic import write_json
     from faceattr.prepare import prepare
     from faceattr.report import evaluate_run
     from faceattr.train import train
@@ -269,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from faceattr.predictor import predict_files
+    from faceattr.bulk import predict_files
 
     return predict_files(
         args.inputs,
@@ -281,11 +295,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         min_score=args.min_score,
         backend=args.backend,
+        workers=args.workers,
+        detect_size=args.detect_size,
+        progress=args.progress,
     )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from faceattr.cache import write_json
+    from faceattr.atomic import write_json
     from faceattr.release import export
 
     summary = export(
@@ -319,8 +336,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from faceattr.device import select_device
     from faceattr.explain import explain_images, explain_run
-    from faceattr.train import select_device
 
     device = select_device(args.device)
     if args.images:
@@ -342,7 +359,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     from faceattr.clusters import cluster_run
-    from faceattr.train import select_device
+    from faceattr.device import select_device
 
     cluster_run(args.run_dir, args.data, args.out, split=args.split, seed=args.seed, device=select_device(args.device))
     return 0

@@ -14,7 +14,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from scipy import ndimage
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
@@ -23,17 +22,21 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 
 from faceattr import age as agemod
-from faceattr.augment import to_input
-from faceattr.cache import write_json
-from faceattr.explain import AGE_WRONG_YEARS, _run_folder, load_run, save_figure, show_image, split_faces
-from faceattr.metrics import CLASS_NAMES
+from faceattr.atomic import write_json
+from faceattr.explain import AGE_WRONG_YEARS, load_run, split_faces
+from faceattr.figures import new_figure, save_figure, show_image
+from faceattr.labels import CLASS_NAMES
 from faceattr.model import FaceNet
+from faceattr.preprocess import to_input
+from faceattr.runs import run_folder
 from faceattr.tasks import decode
 
 K_RANGE = range(2, 9)
 MIN_ERRORS = 12  # fewer mistakes than this are listed, not clustered
 MONTAGE_FACES = 24
-AGE_BANDS = (0, 13, 20, 40, 60, 117)  # for describing who is in a cluster, in plain words
+# Coarse age groups for describing who is in a cluster in plain words (lower edges, and the
+# end of the last): not labels.AGE_BANDS, which split the data and break results down.
+DESCRIBED_AGES = (0, 13, 20, 40, 60, 117)
 # Numeric features a description may name: (word when lower, word when higher, how to print).
 NUMERIC_WORDS = {
     "brightness": ("darker", "brighter", "mean {:.0f} vs {:.0f}"),
@@ -166,8 +169,8 @@ def describe(members: np.ndarray, numeric: dict[str, np.ndarray], shares: dict[s
 
 
 def _band(ages: np.ndarray) -> np.ndarray:
-    labels = [f"aged {lo}-{hi - 1}" for lo, hi in zip(AGE_BANDS[:-1], AGE_BANDS[1:])]
-    return np.array(labels)[np.clip(np.searchsorted(AGE_BANDS, ages, side="right") - 1, 0, len(labels) - 1)]
+    labels = [f"aged {lo}-{hi - 1}" for lo, hi in zip(DESCRIBED_AGES[:-1], DESCRIBED_AGES[1:])]
+    return np.array(labels)[np.clip(np.searchsorted(DESCRIBED_AGES, ages, side="right") - 1, 0, len(labels) - 1)]
 
 
 def _head_errors(head: str, part, pred: dict, age) -> dict | None:
@@ -262,7 +265,7 @@ def cluster_head(
 def plot_montage(faces: np.ndarray, captions: list[str], title: str, path: Path, per_row: int = 8) -> Path:
     """A grid of faces with a short caption each."""
     rows = max(1, -(-len(faces) // per_row))
-    fig = Figure(figsize=(per_row * 1.0, rows * 1.15 + 0.5))
+    fig = new_figure(per_row * 1.0, rows * 1.15 + 0.5)
     fig.suptitle(_wrap(title, 110), fontsize=8)
     for i, face in enumerate(faces):
         show_image(fig.add_subplot(rows, per_row, i + 1), face, captions[i], fontsize=6)
@@ -271,7 +274,7 @@ def plot_montage(faces: np.ndarray, captions: list[str], title: str, path: Path,
 
 def plot_map(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str, path: Path) -> Path:
     """Scatter of the 2-D PCA map coloured by cluster, with each cluster's number at its centre."""
-    fig = Figure(figsize=(6.4, 4.6 + 0.17 * len(names)))
+    fig = new_figure(6.4, 4.6 + 0.17 * len(names))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["tab10"]
     for j, name in enumerate(names):
@@ -304,7 +307,7 @@ def cluster_run(
     head, ``clusters.json`` and ``index.json`` (title, one-line findings, figures) into
     ``out`` (default RUN/clusters). Returns the index."""
     if out is None:
-        out = _run_folder(run) / "clusters"
+        out = run_folder(run) / "clusters"
     out = Path(out)
     ckpt, model, age = load_run(run, device)
     part = split_faces(data_dir, split, ckpt, run)

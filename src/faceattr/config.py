@@ -14,8 +14,7 @@ import yaml
 
 from faceattr.atomic import atomic_path
 from faceattr.inputerror import InputError
-
-PROFILES = ("quick", "cpu60", "best")
+from faceattr.profiles import PROFILES
 
 
 @dataclass

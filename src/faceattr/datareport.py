@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from faceattr.atomic import atomic_path
-from faceattr.dataset import ETHNICITIES, GENDERS, FaceData
+from faceattr.atomic import atomic_path, write_json
+from faceattr.dataset import FaceData
+from faceattr.figures import new_figure, save_figure, show_image
+from faceattr.labels import AGE_BAND_NAMES, ETHNICITIES, EXCLUDED, GENDERS, SPLITS
+from faceattr.split import age_band
 
-SPLITS = ("train", "val", "test", "excluded")
-AGE_BAND_EDGES = (3, 13, 20, 30, 40, 50, 60, 70)
-AGE_BANDS = ("0-2", "3-12", "13-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+")
+SPLIT_VALUES = (*SPLITS, EXCLUDED)  # what the split column may hold; the report covers each
+DPI = 110
 PLOT_FILES = {
     "age_histogram": "age_histogram.png",
     "ethnicity_counts": "ethnicity_counts.png",
@@ -33,24 +33,10 @@ SPLIT_TABLE_FILE = "split_distribution.csv"
 MAX_LISTED_CONFLICTS = 50
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    # A bare Figure on an Agg canvas keeps pyplot's global state (and its open-figure list) out of it.
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
 def plot_age_histogram(age: np.ndarray, path: str | Path) -> Path:
     """Histogram of ages with one bar per year. age: int (N,)."""
     age = np.asarray(age)
-    fig = _new_figure(8, 3.5)
+    fig = new_figure(8, 3.5)
     ax = fig.add_subplot()
     if len(age):
         # Bin edges at half years so every integer age gets its own bar (UTKFace has spikes at 1 and 26).
@@ -60,7 +46,7 @@ def plot_age_histogram(age: np.ndarray, path: str | Path) -> Path:
         ax.set_title("Age: no faces")
     ax.set_xlabel("age (years)")
     ax.set_ylabel("faces")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI)
 
 
 def plot_class_counts(
@@ -72,7 +58,7 @@ def plot_class_counts(
     """Bar chart of how many faces carry each class, each bar labelled with count and share. labels: int (N,)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))[: len(class_names)]
     total = max(int(counts.sum()), 1)
-    fig = _new_figure(1.2 * len(class_names) + 2, 3.5)
+    fig = new_figure(1.2 * len(class_names) + 2, 3.5)
     ax = fig.add_subplot()
     bars = ax.bar(list(class_names), counts, color="tab:blue")
     ax.bar_label(bars, labels=[f"{c}\n({100 * c / total:.1f}%)" for c in counts], fontsize=8)
@@ -80,7 +66,7 @@ def plot_class_counts(
     ax.set_ylim(0, max(int(counts.max()), 1) * 1.25)
     ax.set_ylabel("faces")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path, DPI)
 
 
 def _crosstab(ethnicity: np.ndarray, gender: np.ndarray) -> np.ndarray:
@@ -96,7 +82,7 @@ def _crosstab(ethnicity: np.ndarray, gender: np.ndarray) -> np.ndarray:
 def plot_ethnicity_by_gender(ethnicity: np.ndarray, gender: np.ndarray, path: str | Path) -> Path:
     """Heat map of face counts, ethnicity rows by gender columns. ethnicity, gender: int (N,)."""
     counts = _crosstab(ethnicity, gender)
-    fig = _new_figure(4.5, 4)
+    fig = new_figure(4.5, 4)
     ax = fig.add_subplot()
     im = ax.imshow(counts, cmap="Blues", vmin=0)
     peak = max(int(counts.max()), 1)
@@ -113,7 +99,7 @@ def plot_ethnicity_by_gender(ethnicity: np.ndarray, gender: np.ndarray, path: st
     ax.set_yticks(range(len(ETHNICITIES)), ETHNICITIES)
     ax.set_title("Faces by ethnicity and gender")
     fig.colorbar(im, ax=ax, label="faces")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI)
 
 
 def plot_age_by_ethnicity(age: np.ndarray, ethnicity: np.ndarray, path: str | Path) -> Path:
@@ -122,13 +108,13 @@ def plot_age_by_ethnicity(age: np.ndarray, ethnicity: np.ndarray, path: str | Pa
     ethnicity = np.asarray(ethnicity)
     groups = [age[ethnicity == k] for k in range(len(ETHNICITIES))]
     positions = list(range(1, len(ETHNICITIES) + 1))
-    fig = _new_figure(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     ax.boxplot(groups, positions=positions, showmeans=True)
     ax.set_xticks(positions, [f"{name}\nn={len(g)}" for name, g in zip(ETHNICITIES, groups, strict=True)])
     ax.set_ylabel("age (years)")
     ax.set_title("Age by ethnicity")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI)
 
 
 def _conflicts_from_text(pairs: np.ndarray, labels_text: list[str]) -> np.ndarray:
@@ -137,17 +123,6 @@ def _conflicts_from_text(pairs: np.ndarray, labels_text: list[str]) -> np.ndarra
         return labels_text[i].split()[1:]
 
     return np.array([rest(a) != rest(b) for a, b in pairs], dtype=bool)
-
-
-def _show_face(ax: Any, image: np.ndarray) -> None:
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_duplicate_montage(
@@ -169,15 +144,15 @@ def plot_duplicate_montage(
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
-        fig = _new_figure(4, 1.5)
+        fig = new_figure(4, 1.5)
         fig.text(0.5, 0.5, "no duplicates", ha="center", va="center", fontsize=14)
-        return _save(fig, path)
+        return save_figure(fig, path, DPI)
     conflicts = _conflicts_from_text(pairs, labels_text) if conflicts is None else np.asarray(conflicts, dtype=bool)
     # Stable sort keeps the caller's order within conflicting and within agreeing pairs.
     order = np.argsort(~conflicts, kind="stable")[:max_pairs]
     pairs_per_row = min(4, len(order))
     rows = -(-len(order) // pairs_per_row)
-    fig = _new_figure(2 * pairs_per_row * 1.4, rows * 1.7 + 0.5)
+    fig = new_figure(2 * pairs_per_row * 1.4, rows * 1.7 + 0.5)
     fig.set_layout_engine("constrained")
     # A narrow empty column after every pair keeps each pair visibly together.
     grid = fig.add_gridspec(rows, 3 * pairs_per_row, width_ratios=[1, 1, 0.25] * pairs_per_row)
@@ -187,7 +162,7 @@ def plot_duplicate_montage(
         for side in range(2):
             ax = fig.add_subplot(grid[row, 3 * col + side])
             face = int(pairs[p, side])
-            _show_face(ax, images[face])
+            show_image(ax, images[face], frame=True)
             ax.set_title(labels_text[face], fontsize=7, color="red" if flagged else "black")
             if flagged:
                 for spine in ax.spines.values():
@@ -200,7 +175,7 @@ def plot_duplicate_montage(
         f"Duplicate pairs: {shown}, {int(conflicts.sum())} with differing labels (red)",
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path, DPI)
 
 
 def _codes_checked(name: str, values: np.ndarray, n_classes: int) -> np.ndarray:
@@ -211,16 +186,12 @@ def _codes_checked(name: str, values: np.ndarray, n_classes: int) -> np.ndarray:
     return values
 
 
-def _age_band_index(age: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.array(AGE_BAND_EDGES), age, side="right")
-
-
 def label_stats(age: np.ndarray, gender: np.ndarray, ethnicity: np.ndarray) -> dict[str, Any]:
     """Counts per ethnicity, gender, ethnicity x gender and age band, plus age min/median/mean/max."""
     eth_counts = np.bincount(ethnicity, minlength=len(ETHNICITIES))
     gender_counts = np.bincount(gender, minlength=len(GENDERS))
     cross = _crosstab(ethnicity, gender)
-    bands = np.bincount(_age_band_index(age), minlength=len(AGE_BANDS))
+    bands = np.bincount(age_band(age), minlength=len(AGE_BAND_NAMES))
     has = len(age) > 0
     return {
         "n": len(age),
@@ -235,7 +206,7 @@ def label_stats(age: np.ndarray, gender: np.ndarray, ethnicity: np.ndarray) -> d
             "mean": round(float(age.mean()), 2) if has else None,
             "max": int(age.max()) if has else None,
         },
-        "age_bands": {band: int(c) for band, c in zip(AGE_BANDS, bands, strict=True)},
+        "age_bands": {band: int(c) for band, c in zip(AGE_BAND_NAMES, bands, strict=True)},
     }
 
 
@@ -254,7 +225,7 @@ def _duplicate_stats(
     conflicts = gender_diff | eth_diff
     age_gap = np.abs(age[a] - age[b])
     # Dedupe must keep each group inside one split; excluded faces take no part in training or scoring.
-    kept = (split[a] != "excluded") & (split[b] != "excluded")
+    kept = (split[a] != EXCLUDED) & (split[b] != EXCLUDED)
     listed = np.flatnonzero(conflicts)[:MAX_LISTED_CONFLICTS]
     return {
         "pairs": len(pairs),
@@ -290,7 +261,7 @@ def _duplicate_stats(
 def _write_split_table(per_split: dict[str, dict[str, Any]], path: Path) -> Path:
     header = ["split", "n"]
     header += [f"ethnicity:{e}" for e in ETHNICITIES] + [f"gender:{g}" for g in GENDERS]
-    header += [f"age:{band}" for band in AGE_BANDS]
+    header += [f"age:{band}" for band in AGE_BAND_NAMES]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -298,22 +269,6 @@ def _write_split_table(per_split: dict[str, dict[str, Any]], path: Path) -> Path
             row = [name, stats["n"]] + list(stats["ethnicity"].values()) + list(stats["gender"].values())
             writer.writerow(row + list(stats["age_bands"].values()))
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader (or a crash mid-write) never sees a half-written report.
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to the data report JSON")
 
 
 def write_data_report(
@@ -326,7 +281,7 @@ def write_data_report(
 ) -> dict:
     """Write plots, ``data_report.json`` and ``data_report.md`` into out_dir; return the JSON as a dict.
 
-    split: str (N,) with values in SPLITS. summary: counts and dedupe statistics computed elsewhere,
+    split: str (N,) with values in SPLIT_VALUES. summary: counts and dedupe statistics computed elsewhere,
     stored untouched under "summary". pairs: int (P, 2) duplicate row indices into data.
     pair_mad: float (P,) pixel mean absolute difference of each pair.
     """
@@ -337,9 +292,9 @@ def write_data_report(
     split = np.asarray(split).astype(str)
     if split.shape != (n,):
         raise ValueError(f"split must have one entry per face, shape ({n},), got {split.shape}")
-    unknown = sorted(set(split.tolist()) - set(SPLITS))
+    unknown = sorted(set(split.tolist()) - set(SPLIT_VALUES))
     if unknown:
-        raise ValueError(f"split values must be in {SPLITS}, got {unknown}")
+        raise ValueError(f"split values must be in {SPLIT_VALUES}, got {unknown}")
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     pair_mad = np.asarray(pair_mad, dtype=np.float64).reshape(-1)
     if len(pair_mad) != len(pairs):
@@ -373,7 +328,7 @@ def write_data_report(
         conflicts=conflicts,
         pair_mad=pair_mad,
     )
-    per_split = {s: label_stats(age[split == s], gender[split == s], ethnicity[split == s]) for s in SPLITS}
+    per_split = {s: label_stats(age[split == s], gender[split == s], ethnicity[split == s]) for s in SPLIT_VALUES}
     _write_split_table(per_split, plot_dir / SPLIT_TABLE_FILE)
 
     report = {
@@ -387,11 +342,11 @@ def write_data_report(
         "plots": {key: f"plots/{name}" for key, name in PLOT_FILES.items()},
         "split_table": f"plots/{SPLIT_TABLE_FILE}",
     }
-    text = json.dumps(report, indent=2, default=_jsonable)
-    _write_atomic(out_dir / "data_report.json", text + "\n")
-    # Round-trip so the returned dict is exactly what the file holds (plain types, string keys).
-    report = json.loads(text)
-    _write_atomic(out_dir / "data_report.md", render_markdown(report))
+    path = write_json(report, out_dir / "data_report.json")
+    # Read back so the returned dict is exactly what the file holds (plain types, string keys).
+    report = json.loads(path.read_text())
+    with atomic_path(out_dir / "data_report.md") as tmp:
+        tmp.write_text(render_markdown(report))
     return report
 
 

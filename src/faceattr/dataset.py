@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-GENDERS = ("male", "female")
-ETHNICITIES = ("White", "Black", "Asian", "Indian", "Others")
-MAX_AGE = 116
-
 
 @dataclass
 class FaceData:

@@ -16,7 +16,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from faceattr.atomic import atomic_path
-from faceattr.dataset import ETHNICITIES, GENDERS, FaceData
+from faceattr.dataset import FaceData
+from faceattr.labels import ETHNICITIES, GENDERS
 
 HASH_SIDE = 32
 HASH_BITS = 8  # the low-frequency 8x8 block of the DCT: 64 bits

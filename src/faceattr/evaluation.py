@@ -17,12 +17,14 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import average_precision_score
 
-from faceattr.age import AGE_MAX, AGE_MIN, age_metrics, age_to_bin, bin_labels
+from faceattr.age import bin_labels
 from faceattr.cache import Prepared, load_prepared
+from faceattr.checkpoint import age_spec
 from faceattr.inputerror import InputError
-from faceattr.metrics import CLASS_NAMES, head_metrics
-from faceattr.split import AGE_BANDS, SPLITS, age_band, split_hash
-from faceattr.tasks import AgeSpec
+from faceattr.labels import AGE_BAND_NAMES, AGE_MAX, AGE_MIN, CLASS_NAMES, SPLITS
+from faceattr.metrics import age_metrics, head_metrics
+from faceattr.split import age_band, split_hash
+from faceattr.tasks import predicted_bin
 from faceattr.train import predict_outputs
 
 N_BOOT = 1000
@@ -31,7 +33,6 @@ AGE_INTERVAL_COVERAGE = 0.8  # the age ranges faceattr prints should hold the tr
 ECE_BINS = 15
 CS_MAX_YEARS = 20  # the cumulative score curve runs over k = 0..20 years
 PROB_FLOOR = 1e-12  # log(0) guard: float32 softmax can underflow for very confident faces
-AGE_BAND_NAMES = tuple(f"{lo}-{hi - 1}" for lo, hi in zip(AGE_BANDS[:-1], AGE_BANDS[1:])) + (f"{AGE_BANDS[-1]}+",)
 
 # A weighted metric maps resample weights (B, n) and per-face arrays (n,) to one value per resample (B,).
 WeightedMetric = Callable[..., np.ndarray]
@@ -230,10 +231,11 @@ def checkpoint_tasks(ckpt: dict) -> list[str]:
     return [t for t in CLASS_NAMES if t in heads] + (["age"] if ckpt.get("age") else [])
 
 
-def find_data_dir(run_dir: Path, ckpt: dict, search: tuple[Path, ...] = (Path("prepared"),)) -> Path:
+def find_data_dir(run_dir: Path, ckpt: dict, search: tuple[Path, ...] = ()) -> Path:
     """The prepared-data folder a run was trained on: the folder its checkpoint names, then
     ``RUN/data`` and ``RUN/../data`` (the layout of ``faceattr run``), then the folders under
-    ``search``; the first whose manifest has the checkpoint's split hash and input hash wins."""
+    ``search`` (none by default: where the command runs from decides nothing); the first whose
+    manifest has the checkpoint's split hash and input hash wins."""
     run_dir = Path(run_dir)
     named = (ckpt.get("data") or {}).get("dir")
     candidates = ([Path(named)] if named else []) + [run_dir / "data", run_dir.parent / "data"]
@@ -258,19 +260,22 @@ def find_data_dir(run_dir: Path, ckpt: dict, search: tuple[Path, ...] = (Path("p
     )
 
 
-def load_split_data(data_dir: Path, ckpt: dict, split: str) -> Prepared:
-    """The prepared data of a run, refused when its split is not the one the run was trained on
-    (its test faces could be training faces of the model) or when ``split`` is unknown or empty."""
+def load_split_data(data_dir: str | Path, ckpt: dict, split: str, needs: tuple[str, ...] = ("val",)) -> Prepared:
+    """The prepared data of a run, checked before any face of it is scored or shown: refused when
+    ``split`` is unknown, when the folder's split is not the one the run was trained on (its test
+    faces could be training faces of the model), when ``split`` or a split in ``needs`` (the
+    validation faces calibration is fitted on) is empty, or when its faces are not the size and
+    channels the model expects."""
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     prepared = load_prepared(data_dir)
-    found = split_hash(prepared.data.ids, prepared.split)
-    if found != ckpt.get("split_hash"):
+    found, want = split_hash(prepared.data.ids, prepared.split), ckpt.get("split_hash")
+    if found != want:
         raise InputError(
-            f"{data_dir}: split {found} differs from the one the model was trained on ({ckpt.get('split_hash')}); "
-            "evaluate on the prepared data of its training run"
+            f"{data_dir}: its split ({found}) differs from the one the model was trained on ({want}); "
+            "use the prepared data of its training run"
         )
-    for name in dict.fromkeys((split, "val")):
+    for name in dict.fromkeys((split, *needs)):
         if not (prepared.split == name).any():
             raise InputError(f"{data_dir}: the {name!r} split is empty")
     shape = list(prepared.data.images.shape[1:])
@@ -292,16 +297,14 @@ def predict_split(
     """Run the checkpoint's model over one split and collect labels and predictions."""
     part = prepared.part(split)
     pre = ckpt["preprocessing"]
-    age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
+    age = age_spec(ckpt)
     out = predict_outputs(model, part.images, pre["mean"], pre["std"], device, age, batch_size)
     age_pred, age_bin = {}, None
     if age is not None:
         age_pred["soft"] = out["age"]
         if "age_hard" in out:
             age_pred["hard"] = out["age_hard"]
-            age_bin = out["age_bin_prob"].argmax(1)
-        else:
-            age_bin = age_to_bin(out["age"], np.asarray(age.edges))
+        age_bin = predicted_bin(out, age)
     return SplitPredictions(
         ids=part.ids,
         gender=part.gender.astype(np.int64),

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -23,23 +22,24 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from faceattr import age as agemod
-from faceattr.atomic import atomic_path
-from faceattr.augment import to_input
-from faceattr.cache import load_prepared, write_json
+from faceattr.atomic import write_json
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.dataset import FaceData
+from faceattr.evaluation import find_data_dir, load_split_data
+from faceattr.figures import new_figure, save_figure, show_image
 from faceattr.inputerror import InputError
-from faceattr.metrics import CLASS_NAMES
+from faceattr.labels import CLASS_NAMES
 from faceattr.model import FaceNet
-from faceattr.split import split_hash
-from faceattr.tasks import AgeSpec
-from faceattr.train import load_checkpoint, model_from_checkpoint, predict_outputs
+from faceattr.preprocess import to_input
+from faceattr.runs import run_folder
+from faceattr.tasks import AgeSpec, decode_age, predicted_bin
+from faceattr.train import predict_outputs
 
 # layer2 by default: at 48x48 the s2pool stem leaves layer4 a 2x2 map whose Grad-CAM fails a
 # mirror check (it stays on one side of the picture: most likely a grid artefact). layer1-3 all
 # pass it partly; layer2 is the trade-off between finer maps (layer1) and steadier ones under
 # input noise (layer3) (bench/gradcam_layers.py, results/gradcam_layers.json).
 LAYER = "layer2"
-SPLITS = ("train", "val", "test")
 # Cascading randomisation (Adebayo et al., 2018): re-initialise from the output backwards.
 CASCADE = ("heads", "layer4", "layer3", "layer2", "layer1", "stem")
 TRUNK = ("stem", "layer1", "layer2", "layer3", "layer4")  # FaceNet's blocks, input to output
@@ -47,21 +47,10 @@ AGE_WRONG_YEARS = 10  # an age "error" in grids and clusters: off by more than t
 AGE_RIGHT_YEARS = 5  # an age "correct": within this (the CS@5 criterion)
 
 
-def age_value(out: dict[str, Tensor], age: AgeSpec) -> Tensor:
-    """Predicted age (B,) in years from raw head outputs, differentiable (soft routing for the
-    two-stage head); ``faceattr.tasks.decode`` gives the same numbers without gradients."""
-    if age.head == "two_stage":
-        return agemod.decode_two_stage(
-            out["age_bin"].float(), out["age_reg"].float(), age.edges, "soft", age.routing_temperature
-        )
-    if age.head == "direct":
-        return agemod.decode_direct(out["age_direct"].float(), age.mean, age.std)
-    return agemod.decode_dex(out["age_dex"].float())
-
-
 class HeadOutput(nn.Module):
     """One output of a FaceNet as a single tensor, as Grad-CAM expects: a head's logits (B, K)
-    (e.g. ``gender``, ``ethnicity``, ``age_bin``) or, for ``output="age"``, the age (B,)."""
+    (e.g. ``gender``, ``ethnicity``, ``age_bin``) or, for ``output="age"``, the age (B,) as
+    ``faceattr.tasks.decode_age`` gives it (differentiable: soft routing for the two-stage head)."""
 
     def __init__(self, model: FaceNet, output: str, age: AgeSpec | None = None) -> None:
         super().__init__()
@@ -73,7 +62,7 @@ class HeadOutput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
-        return age_value(out, self.age) if self.output == "age" else out[self.output]
+        return decode_age(out, self.age)["age"] if self.output == "age" else out[self.output]
 
 
 class RegressionTarget:
@@ -251,43 +240,18 @@ def layer_cells(model: FaceNet, layer: str, channels: int, size: int, device="cp
     return int(x.shape[-1])
 
 
-def _run_folder(run: str | Path) -> Path:
-    return Path(run) if Path(run).is_dir() else Path(run).parent
-
-
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple[dict, FaceNet, AgeSpec | None]:
     """(checkpoint, model in eval mode, AgeSpec or None) of a run folder or checkpoint file."""
     ckpt = load_checkpoint(run)
-    model = model_from_checkpoint(ckpt, device)
-    age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
-    return ckpt, model, age
+    return ckpt, model_from_checkpoint(ckpt, device), age_spec(ckpt)
 
 
 def split_faces(data_dir: str | Path | None, split: str, ckpt: dict, run: str | Path = ".") -> FaceData:
     """The faces of one split of a prepared folder (None: the one run ``run`` was trained on),
-    refused when the folder's split is not the model's (its test faces could be training faces)."""
-    if split not in SPLITS:
-        raise InputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    checked by ``faceattr.evaluation.load_split_data`` (its split must be the model's)."""
     if data_dir is None:
-        from faceattr.evaluation import find_data_dir
-
-        data_dir = find_data_dir(_run_folder(run), ckpt)
-    prepared = load_prepared(data_dir)
-    found = split_hash(prepared.data.ids, prepared.split)
-    if found != ckpt["split_hash"]:
-        raise InputError(
-            f"{data_dir}: its split ({found}) is not the one the model was trained on ({ckpt['split_hash']})"
-        )
-    part = prepared.part(split)
-    if len(part) == 0:
-        raise InputError(f"{data_dir}: no {split} faces")
-    pre = ckpt["preprocessing"]
-    if part.size != pre["size"] or part.channels != pre["channels"]:
-        raise InputError(
-            f"{data_dir}: faces are {part.size}px with {part.channels} channel(s); "
-            f"the model expects {pre['size']}px with {pre['channels']}"
-        )
-    return part
+        data_dir = find_data_dir(run_folder(run), ckpt)
+    return load_split_data(data_dir, ckpt, split, needs=()).part(split)
 
 
 def read_images(paths: Sequence[str | Path], size: int, gray: bool) -> np.ndarray:
@@ -316,24 +280,11 @@ def overlay(face: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(_rgb(face), cam, use_rgb=True, image_weight=0.55)
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
-def show_image(ax, image: np.ndarray, title: str = "", fontsize: float = 7) -> None:
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
-    ax.set_title(title, fontsize=fontsize)
-    ax.axis("off")
-
-
 def plot_grid(faces: np.ndarray, cams: np.ndarray, captions: Sequence[str], title: str, path: Path, per_row=4) -> Path:
     """Pairs of (face, Grad-CAM overlay) with a caption each, ``per_row`` pairs a row."""
     n = len(faces)
     rows = max(1, -(-n // per_row))
-    fig = Figure(figsize=(2 * per_row * 1.05, rows * 1.35 + 0.4))
+    fig = new_figure(2 * per_row * 1.05, rows * 1.35 + 0.4)
     fig.suptitle(title, fontsize=9)
     for i in range(rows * per_row):
         a, b = fig.add_subplot(rows, 2 * per_row, 2 * i + 1), fig.add_subplot(rows, 2 * per_row, 2 * i + 2)
@@ -347,7 +298,7 @@ def plot_grid(faces: np.ndarray, cams: np.ndarray, captions: Sequence[str], titl
 def plot_mean_maps(groups: list[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
     """One panel per group (name, faces (n, H, W), maps (n, H, W)): the mean map over the
     group's mean face; empty groups are shown blank."""
-    fig = Figure(figsize=(1.45 * len(groups), 1.9))
+    fig = new_figure(1.45 * len(groups), 1.9)
     fig.suptitle(title, fontsize=9)
     for i, (name, faces, cams) in enumerate(groups):
         ax = fig.add_subplot(1, len(groups), i + 1)
@@ -363,7 +314,7 @@ def plot_mean_maps(groups: list[tuple[str, np.ndarray, np.ndarray]], title: str,
 def plot_sanity(faces: np.ndarray, maps: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """Rows: faces; columns: the trained model's map, then each randomisation step."""
     names = list(maps)
-    fig = Figure(figsize=(1.15 * (len(names) + 1), 1.2 * len(faces) + 0.5))
+    fig = new_figure(1.15 * (len(names) + 1), 1.2 * len(faces) + 0.5)
     fig.suptitle(title, fontsize=9)
     for r, face in enumerate(faces):
         ax = fig.add_subplot(len(faces), len(names) + 1, r * (len(names) + 1) + 1)
@@ -402,11 +353,11 @@ def _cam_output(head: str, age: AgeSpec | None) -> str:
     return head
 
 
-def _classes(output: str, pred: dict[str, np.ndarray]) -> np.ndarray | None:
+def _classes(output: str, pred: dict[str, np.ndarray], age: AgeSpec | None) -> np.ndarray | None:
     # The predicted class (or age bin) each map explains, from predictions already made, so
     # compute_cams need not run the model once more to find it; None for a regression output.
     if output == "age_bin":
-        return pred["age_bin_prob"].argmax(1)
+        return predicted_bin(pred, age)
     return pred[output].argmax(1) if output in CLASS_NAMES else None
 
 
@@ -429,7 +380,7 @@ def cam_overlays(
     out = {}
     for head in _head_plan(model, age):
         output = _cam_output(head, age)
-        cams = compute_cams(model, faces, mean, std, output, _classes(output, pred), age, device, layer=layer)
+        cams = compute_cams(model, faces, mean, std, output, _classes(output, pred, age), age, device, layer=layer)
         images = np.stack(
             [
                 np.asarray(Image.fromarray(overlay(f, c)).resize((size, size), Image.Resampling.BICUBIC))
@@ -451,7 +402,7 @@ def explain_images(
     """Grad-CAM of every head for a few image files (no labels): one grid, plus index.json, in
     ``out`` (default RUN/explain/images, apart from the test-set explanation the report shows)."""
     if out is None:
-        out = _run_folder(run) / "explain" / "images"
+        out = run_folder(run) / "explain" / "images"
     ckpt, model, age = load_run(run, device)
     pre = ckpt["preprocessing"]
     faces = read_images(images, pre["size"], pre["channels"] == 1)
@@ -461,10 +412,10 @@ def explain_images(
     cams, captions = [], []
     for head in heads:
         output = _cam_output(head, age)
-        classes = _classes(output, pred)
+        classes = _classes(output, pred, age)
         cams.append(compute_cams(model, faces, pre["mean"], pre["std"], output, classes, age, device, layer=layer))
         captions.append([_pred_text(head, pred, i, age) for i in range(len(faces))])
-    fig = Figure(figsize=(1.3 * (len(heads) + 1), 1.4 * len(faces) + 0.4))
+    fig = new_figure(1.3 * (len(heads) + 1), 1.4 * len(faces) + 0.4)
     for r, face in enumerate(faces):
         show_image(
             fig.add_subplot(len(faces), len(heads) + 1, r * (len(heads) + 1) + 1), face, Path(images[r]).name[:18]
@@ -510,7 +461,7 @@ def explain_run(
     if n_errors < 0 or n_correct < 0:
         raise InputError(f"--errors and --correct must be >= 0, got {n_errors} and {n_correct}")
     if out is None:
-        out = _run_folder(run) / "explain"
+        out = run_folder(run) / "explain"
     out = Path(out)
     ckpt, model, age = load_run(run, device)
     part = split_faces(data_dir, split, ckpt, run)
@@ -532,7 +483,7 @@ def explain_run(
             right = np.abs(guess - truth) <= AGE_RIGHT_YEARS
             edges = np.asarray(age.edges)
             group_of, group_names = agemod.age_to_bin(truth, edges), agemod.bin_labels(edges)
-            classes = pred["age_bin_prob"].argmax(1) if output == "age_bin" else None
+            classes = _classes(output, pred, age)
             severity = np.abs(guess - truth)
             captions = [f"pred {g:.0f} / true {t:.0f}" for g, t in zip(guess, truth)]
             explained = "the predicted age bin" if output == "age_bin" else "the predicted age (what raises it)"

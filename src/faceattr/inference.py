@@ -1,7 +1,7 @@
 """What a deployed model computes, once, for every backend: pixels in, calibrated probabilities
 and years out. ``InferenceModel`` wraps a trained FaceNet with its preprocessing, its fitted
-temperatures and its age decoding, so PyTorch and the exported ONNX graph run the same maths;
-``OnnxModel`` runs that graph on ONNX Runtime with the same call.
+temperatures and its age decoding, so PyTorch and the exported ONNX graph (``onnx_bytes``) run
+the same maths; ``faceattr.onnxmodel.OnnxModel`` runs that graph with the same call, without torch.
 
 Input: float32 (N, C, H, W) pixel values 0..255 (C = 1 for the published gray models).
 Outputs, in ``output_names`` order (a task's outputs only when the model has that head):
@@ -13,21 +13,18 @@ age head ``age_bin_prob`` (N, bins) and, when the model carries fitted age range
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from faceattr import age as agemod
-from faceattr.inputerror import InputError
-from faceattr.metrics import CLASS_NAMES
+from faceattr.checkpoint import age_spec, model_from_checkpoint
+from faceattr.labels import AGE_MAX, AGE_MIN, CLASS_NAMES
 from faceattr.model import FaceNet
-from faceattr.tasks import AgeSpec
+from faceattr.onnxmodel import INPUT_NAME
+from faceattr.tasks import AgeSpec, decode_age
 
 ONNX_OPSET = 18
-INPUT_NAME = "pixels"
 
 
 class InferenceModel(nn.Module):
@@ -66,8 +63,8 @@ class InferenceModel(nn.Module):
         if self.age_half_width is not None:
             half = torch.as_tensor(self.age_half_width, dtype=out["age"].dtype, device=out["age"].device)
             h = half[raw["age_bin"].argmax(1)]
-            out["age_low"] = (out["age"] - h).clamp(agemod.AGE_MIN, agemod.AGE_MAX)
-            out["age_high"] = (out["age"] + h).clamp(agemod.AGE_MIN, agemod.AGE_MAX)
+            out["age_low"] = (out["age"] - h).clamp(AGE_MIN, AGE_MAX)
+            out["age_high"] = (out["age"] + h).clamp(AGE_MIN, AGE_MAX)
         out.update({f"{head}_logits": value for head, value in raw.items()})
         return tuple(out[name] for name in self.output_names)
 
@@ -77,19 +74,6 @@ class InferenceModel(nn.Module):
         device = next(self.net.parameters()).device
         values = self(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(device))
         return {name: v.float().cpu().numpy() for name, v in zip(self.output_names, values)}
-
-
-def decode_age(raw: dict[str, Tensor], age: AgeSpec) -> dict[str, Tensor]:
-    """Years (and bin probabilities for the two-stage head) from the age heads' raw outputs."""
-    if age.head == "two_stage":
-        bin_logits, reg = raw["age_bin"], raw["age_reg"]
-        return {
-            "age": agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature),
-            "age_bin_prob": torch.softmax(bin_logits, 1),
-        }
-    if age.head == "direct":
-        return {"age": agemod.decode_direct(raw["age_direct"], age.mean, age.std)}
-    return {"age": agemod.decode_dex(raw["age_dex"])}
 
 
 def output_names(heads: dict[str, int], age: AgeSpec | None, age_ranges: bool = False) -> list[str]:
@@ -108,12 +92,9 @@ def inference_model(
     age_half_width: list[float] | None = None,
 ):
     """The InferenceModel of a loaded checkpoint, on ``device``, weights in float32."""
-    from faceattr.train import model_from_checkpoint
-
     pre = ckpt["preprocessing"]
-    age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
     net = model_from_checkpoint(ckpt, device).float()
-    return InferenceModel(net, pre["mean"], pre["std"], age, temperature, age_half_width)
+    return InferenceModel(net, pre["mean"], pre["std"], age_spec(ckpt), temperature, age_half_width)
 
 
 def onnx_bytes(model: InferenceModel, channels: int, size: int, metadata: dict[str, str] | None = None) -> bytes:
@@ -137,47 +118,58 @@ def onnx_bytes(model: InferenceModel, channels: int, size: int, metadata: dict[s
     buffer = io.BytesIO()
     # The new exporter writes large weights to a side file unless asked to embed them.
     program.save(buffer, external_data=False)
-    return buffer.getvalue()
+    return compact_onnx(buffer.getvalue(), model.net)
 
 
-class OnnxModel:
-    """An exported faceattr graph on ONNX Runtime (CPU, or CUDA when asked and available)."""
+def compact_onnx(data: bytes, net: FaceNet) -> bytes:
+    """The exported graph with its convolution weights stored in float16 where that loses
+    nothing: a release file's weights are float16 values, but the exporter folds each
+    BatchNorm into its convolution (W' = W * s, s per output channel), which float16 cannot
+    hold exactly. Storing W in float16 and s in float32, with Cast and Mul nodes that ONNX
+    Runtime folds back into W' when it loads the graph, halves the file and keeps the maths
+    (the rebuilt W' differs from the exporter's by float32 rounding). Weights that are not
+    float16 values (a model straight from training) are left as they are."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    def __init__(self, model: str | Path | bytes, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # ORT's default spins one thread per core and keeps them spinning between calls; fix
-        # the count to the cores we may use and let them sleep, so a server stays polite.
-        options.intra_op_num_threads = threads or usable_cores()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        label = "<bytes>" if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers)
-        except Exception as e:  # a foreign or truncated file: one line, not a traceback
-            raise InputError(f"{label}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise InputError(f"{label}: not a faceattr ONNX model (expected one input named {INPUT_NAME!r})")
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_shape = inputs[0].shape  # ['batch', C, H, W]
-
-    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.float32)})
-        return dict(zip(self.output_names, values))
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    proto = onnx.load_from_string(data)
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for name, w16, scale in _folded_convs(net):
+        if name not in inits:
+            continue
+        folded = numpy_helper.to_array(inits[name])
+        rebuilt = w16.astype(np.float32) * scale[:, None, None, None]
+        if folded.shape != rebuilt.shape or np.abs(rebuilt - folded).max() > 1e-6 * np.abs(folded).max():
+            continue
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(w16, f"{name}.f16"),
+                numpy_helper.from_array(scale.reshape(-1, 1, 1, 1), f"{name}.scale"),
+            ]
+        )
+        nodes += [
+            helper.make_node("Cast", [f"{name}.f16"], [f"{name}.f32"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{name}.f32", f"{name}.scale"], [name]),
+        ]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    return proto.SerializeToString()
 
 
-def chips_to_pixels(chips: np.ndarray) -> np.ndarray:
-    """uint8 chips (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) 0..255, the models' input."""
-    x = chips[:, None] if chips.ndim == 3 else chips.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+def _folded_convs(net: FaceNet) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(ONNX initializer name, float16 weights, BatchNorm scale) of each convolution that is
+    followed by a BatchNorm and holds float16 values."""
+    out, conv = [], None
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            conv = (name, module)
+        elif isinstance(module, nn.BatchNorm2d) and conv is not None:
+            weight = conv[1].weight.detach().float().cpu()
+            if torch.equal(weight.half().float(), weight):
+                scale = module.weight.detach().float() / torch.sqrt(module.running_var.float() + module.eps)
+                out.append((f"net.{conv[0]}.weight", weight.half().numpy(), scale.cpu().numpy().astype(np.float32)))
+            conv = None
+    return out

@@ -1,14 +1,22 @@
-"""Classification metrics for the gender and ethnicity heads, computed with scikit-learn from
-true labels and predicted probabilities, returned as plain JSON-ready dicts."""
+"""Metrics, computed with scikit-learn and returned as plain JSON-ready dicts: classification
+metrics for the gender and ethnicity heads, age metrics for the age head, and the validation
+score that picks best.pt."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    mean_absolute_error,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    root_mean_squared_error,
+)
 
-from faceattr.dataset import ETHNICITIES, GENDERS
-
-CLASS_NAMES = {"gender": GENDERS, "ethnicity": ETHNICITIES}
+from faceattr.age import CHILD_AGE, age_to_bin, bin_labels
+from faceattr.labels import ETHNICITIES, GENDERS
 
 
 def head_metrics(y_true: np.ndarray, prob: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -49,3 +57,53 @@ def selection_score(metrics: dict) -> float:
     if "age" in metrics:
         parts.append(metrics["age"]["cs5"])
     return float(np.mean(parts))
+
+
+def _group_mae(err: np.ndarray, mask: np.ndarray) -> dict:
+    # An empty group gets mae None (JSON null) rather than NaN, which JSON cannot hold.
+    n = int(mask.sum())
+    return {"n": n, "mae": float(err[mask].mean()) if n else None}
+
+
+def age_metrics(
+    true_age: np.ndarray,
+    pred_age: np.ndarray,
+    edges: np.ndarray,
+    pred_bin: np.ndarray | None = None,
+    gender: np.ndarray | None = None,
+    ethnicity: np.ndarray | None = None,
+) -> dict:
+    """JSON-ready age metrics: MAE, RMSE, CS@5 and MAE by true bin, gender, ethnicity, child/not.
+
+    true_age, pred_age: (N,); edges: (K + 1,) from ``bin_edges``. With pred_bin (N,) also the
+    bin accuracy, the K x K bin confusion (rows true) and the MAE of samples whose bin was
+    right vs wrong. gender/ethnicity are label codes; -1 (unknown) is left out of their groups.
+    """
+    true_age = np.asarray(true_age, dtype=float)
+    pred_age = np.asarray(pred_age, dtype=float)
+    err = np.abs(pred_age - true_age)
+    true_bin = age_to_bin(true_age, edges)
+    out = {
+        "n": int(len(true_age)),
+        "mae": float(mean_absolute_error(true_age, pred_age)),
+        "rmse": float(root_mean_squared_error(true_age, pred_age)),
+        "cs5": float(np.mean(err <= 5)),
+        "bin_edges": [int(e) for e in edges],
+        "per_bin": {label: _group_mae(err, true_bin == k) for k, label in enumerate(bin_labels(edges))},
+        "children": {
+            f"under_{CHILD_AGE}": _group_mae(err, true_age < CHILD_AGE),
+            f"{CHILD_AGE}_plus": _group_mae(err, true_age >= CHILD_AGE),
+        },
+    }
+    if pred_bin is not None:
+        pred_bin = np.asarray(pred_bin)
+        right = pred_bin == true_bin
+        out["bin_accuracy"] = float(accuracy_score(true_bin, pred_bin))
+        out["bin_confusion"] = confusion_matrix(true_bin, pred_bin, labels=list(range(len(edges) - 1))).tolist()
+        for key, mask in (("correct_bin", right), ("wrong_bin", ~right)):
+            out[key] = {**_group_mae(err, mask), "share": float(mask.mean())}
+    for key, codes, names in (("per_gender", gender, GENDERS), ("per_ethnicity", ethnicity, ETHNICITIES)):
+        if codes is not None:
+            codes = np.asarray(codes)
+            out[key] = {name: _group_mae(err, codes == c) for c, name in enumerate(names)}
+    return out

@@ -1,17 +1,46 @@
 """FaceNet: a ResNet-18 trunk sized for 48x48 faces, with one linear head per task.
 
-The residual blocks are torchvision's ``BasicBlock``; only the stem (no 7x7 conv,
-optional max-pool) and the stage widths differ from ``torchvision.models.resnet18``.
+The residual blocks are torchvision's ``BasicBlock``, restated here (same layers, same
+parameter names, so torchvision-built checkpoints load) because prediction must not pay for
+importing torchvision; only the stem (no 7x7 conv, optional max-pool) and the stage widths
+differ from ``torchvision.models.resnet18``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
 STEMS = ("s1", "s1pool", "s2", "s2pool")
 DEFAULT_HEADS = {"gender": 2, "ethnicity": 5}
 BLOCKS_PER_STAGE = (2, 2, 2, 2)
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's two-conv residual block, (B, C, H, W) -> (B, planes, H / stride, W / stride)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
 
 
 def _make_stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -5,7 +5,6 @@ appears whole or not at all."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
@@ -15,9 +14,11 @@ from faceattr import __version__
 from faceattr.cache import Prepared, save_prepared
 from faceattr.datareport import write_data_report
 from faceattr.dedupe import conflict_summary, find_duplicates, pixel_sha1, write_duplicates_csv
+from faceattr.folders import replacing_folder
 from faceattr.inputerror import InputError
+from faceattr.labels import EXCLUDED, SPLITS
 from faceattr.readers import read_any, write_rejected
-from faceattr.split import SPLITS, make_split, read_split_csv, split_hash, write_split_csv
+from faceattr.split import make_split, read_split_csv, split_hash, write_split_csv
 
 
 def file_fingerprint(path: Path) -> str:
@@ -91,7 +92,7 @@ def prepare(
             raise InputError(f"{split_file}: {crossing} duplicate group(s) cross splits with this dedupe setting")
     else:
         split = make_split(data, dup.group, fractions=fractions, seed=seed)
-    counts = {s: int((split == s).sum()) for s in (*SPLITS, "excluded")}
+    counts = {s: int((split == s).sum()) for s in (*SPLITS, EXCLUDED)}
     log("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     empty = [s for s in ("val", "test") if counts[s] == 0]
     if empty:
@@ -126,10 +127,7 @@ def prepare(
         "image_shape": list(data.images.shape[1:]),
     }
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp-prepare")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with replacing_folder(out_dir) as tmp:
         if problems:
             write_rejected(problems, tmp / "rejected.csv")
         write_duplicates_csv(data, dup, tmp / "duplicates.csv")
@@ -137,10 +135,6 @@ def prepare(
         write_data_report(tmp, data, split, summary, dup.pairs, dup.mad)
         summary["seconds"] = {"read": round(t_read, 2), "total": round(time.perf_counter() - start, 2)}
         save_prepared(tmp, Prepared(data=data, split=split, group=dup.group, sha=sha, manifest=summary))
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {out_dir} in {summary['seconds']['total']:.1f} s")
     return summary
 
@@ -156,19 +150,9 @@ def _check_unique_ids(ids: np.ndarray, source: str | Path) -> None:
 
 def _groups_crossing(group: np.ndarray, split: np.ndarray) -> int:
     """Number of duplicate groups whose kept faces sit in more than one split."""
-    kept = split != "excluded"
+    kept = split != EXCLUDED
     pairs = {(g, s) for g, s in zip(group[kept], split[kept])}
     per_group: dict[int, int] = {}
     for g, _ in pairs:
         per_group[g] = per_group.get(g, 0) + 1
     return sum(1 for v in per_group.values() if v > 1)
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp with renames, so readers see the old or the new folder, whole."""
-    old = out_dir.with_name(out_dir.name + ".old-prepare")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)

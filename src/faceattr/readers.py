@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from faceattr.atomic import atomic_path
-from faceattr.dataset import MAX_AGE, FaceData
+from faceattr.dataset import FaceData
 from faceattr.inputerror import InputError
+from faceattr.labels import AGE_MAX
 
 KAGGLE_COLUMNS = ("age", "ethnicity", "gender", "img_name", "pixels")
 KAGGLE_SIDE = 48
@@ -167,7 +168,7 @@ def read_kaggle_csv(path: str | Path, skip_bad: bool = False) -> tuple[FaceData,
                     problems.append(Problem(label, line, "img_name: not valid UTF-8 text"))
                     continue
                 reasons = []
-                age, r = _parse_label(row[col["age"]], "age", 1, MAX_AGE)
+                age, r = _parse_label(row[col["age"]], "age", 1, AGE_MAX)
                 reasons.append(r)
                 gender, r = _parse_label(row[col["gender"]], "gender", 0, 1)
                 reasons.append(r)
@@ -230,8 +231,8 @@ def parse_utk_name(name: str) -> tuple[int, int, int] | str:
     if not m:
         return "name lacks AGE_GENDER_RACE_ labels"
     age, gender, eth = (int(g) for g in m.groups())
-    if not 1 <= age <= MAX_AGE:
-        return f"age {age} out of range (expected 1..{MAX_AGE})"
+    if not 1 <= age <= AGE_MAX:
+        return f"age {age} out of range (expected 1..{AGE_MAX})"
     if gender not in (0, 1):
         return f"gender {gender} out of range (expected 0..1)"
     if not 0 <= eth <= 4:
@@ -359,7 +360,7 @@ def read_image_folder(
                 raise InputError(f"{label}: the file is empty (expected a header file,age,gender,ethnicity)")
             if "file" not in [h.strip() for h in reader.fieldnames]:
                 raise InputError(f"{label}:1: missing column file (expected file,age,gender,ethnicity)")
-            limits = {"age": (1, MAX_AGE), "gender": (0, 1), "ethnicity": (0, 4)}
+            limits = {"age": (1, AGE_MAX), "gender": (0, 1), "ethnicity": (0, 4)}
             for row in reader:
                 total += 1
                 line = reader.line_num

@@ -11,36 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from faceattr import __version__
+from faceattr.atomic import atomic_path
+from faceattr.calibration import calibration_of, half_widths
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.inputerror import InputError
+from faceattr.pretrained import PRETRAINED, packaged_file, pretrained_path
 
-PRETRAINED = {"default": "utkface48-v1.pt"}  # name -> file in faceattr/weights
-PRETRAINED_NAME = "utkface48-v1"
-MAX_RELEASE_BYTES = 25_000_000  # 25 MB: what we promise a pip install costs in weights
+PRETRAINED_NAME = PRETRAINED["default"]
+MAX_RELEASE_BYTES = 25_000_000  # 25 MB: what we promise a pip install costs per weight file
 CANONICAL_SPLIT = "02c602ac688aea8d"  # splits/utkface48.csv: the test split releases are judged on
 PARITY_TOLERANCE = 1e-4  # max |torch - ONNX Runtime| on any output
-
-
-def pretrained_path(name: str = "default") -> Path:
-    """The packaged weight file for ``name``, or InputError naming the names that exist."""
-    if name not in PRETRAINED:
-        raise InputError(f"no pretrained faceattr model named {name!r}; known: {', '.join(PRETRAINED)}")
-    path = Path(str(resources.files("faceattr.weights").joinpath(PRETRAINED[name])))
-    if not path.is_file():
-        raise InputError(f"{path}: the packaged weights are missing from this install; reinstall faceattr")
-    return path
-
-
-def packaged_file() -> Path:
-    """Where the default weights live inside the installed package (they may be absent)."""
-    return Path(str(resources.files("faceattr.weights").joinpath(PRETRAINED["default"])))
 
 
 def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,11 +54,10 @@ def release_checkpoint(ckpt: dict, calibration: dict, release: dict) -> dict:
 def test_headline(ckpt: dict, prepared, device: torch.device) -> dict:
     """Point metrics of a checkpoint's weights on the test split of ``prepared`` (the data it
     was trained on, checked by ``load_split_data``), as the training loop computes them."""
-    from faceattr.tasks import AgeSpec
-    from faceattr.train import evaluate, headline, model_from_checkpoint
+    from faceattr.train import evaluate, headline
 
     pre = ckpt["preprocessing"]
-    age = AgeSpec(**ckpt["age"]) if ckpt.get("age") else None
+    age = age_spec(ckpt)
     model = model_from_checkpoint(ckpt, device).float()
     metrics = evaluate(model, prepared, "test", pre["mean"], pre["std"], device, age)
     out = {k: round(float(v), 6) for k, v in headline(metrics).items()}
@@ -96,8 +83,6 @@ def check_replaces(path: Path, new: dict, force: bool, new_model: dict | None = 
     one, and any weights judged on another split or scoring at least as well. The same network
     (``new_model``, a release checkpoint, equal to the one there) may always refresh its record
     and calibration."""
-    from faceattr.train import load_checkpoint
-
     if path.is_dir():
         raise InputError(f"--weights {path}: is a folder; name the weight file to write")
     packaged = path.resolve() == packaged_file().resolve()
@@ -134,8 +119,6 @@ def sha256(path: Path) -> str:
 
 def report_headline(run_dir: Path) -> dict | None:
     """The bootstrap-CI headline of ``faceattr evaluate`` for this run, when a report exists."""
-    import json
-
     for candidate in (run_dir / "report" / "metrics.json", run_dir.parent / "report" / "metrics.json"):
         if candidate.is_file():
             data = json.loads(candidate.read_text())
@@ -146,7 +129,7 @@ def report_headline(run_dir: Path) -> dict | None:
 
 def parity(model, onnx: bytes, images: np.ndarray) -> dict[str, float]:
     """max |torch - ONNX Runtime| per output on uint8 chips (N, H, W[, C])."""
-    from faceattr.inference import OnnxModel, chips_to_pixels
+    from faceattr.onnxmodel import OnnxModel, chips_to_pixels
 
     pixels = chips_to_pixels(images)
     a, b = model.run(pixels), OnnxModel(onnx).run(pixels)
@@ -168,8 +151,7 @@ def export(
     all checks pass. Returns a summary for results/release.json."""
     from faceattr.evaluation import find_data_dir, load_split_data
     from faceattr.inference import inference_model, onnx_bytes
-    from faceattr.predictor import calibration_of, half_widths
-    from faceattr.train import load_checkpoint
+    from faceattr.runs import run_folder
 
     if weights is None and onnx is None:
         raise InputError("nothing to export: pass --weights FILE and/or --onnx FILE")
@@ -177,8 +159,8 @@ def export(
         raise InputError(f"--onnx {onnx}: is a folder; name the .onnx file to write")
     path = pretrained_path() if str(run) == "pretrained" else Path(run)
     ckpt = load_checkpoint(path)
-    run_dir, name = (path, "best.pt") if path.is_dir() else (path.parent, path.name)
-    calibration = calibration_of(ckpt, run_dir, name)
+    run_dir = run_folder(path)
+    calibration = calibration_of(ckpt, path)
     temperature = calibration.get("temperature") or {}
     summary: dict = {"command": command, "source": str(path), "faceattr_version": __version__}
     if data_dir is not None:
@@ -250,6 +232,9 @@ def export(
                 else {}
             ),
             "faceattr.input": f"float32 (N, {channels}, {size}, {size}) pixel values 0..255",
+            # Ties the graph to the weight file it was built from (the packaged pair must agree).
+            **({"faceattr.weights_sha256": sha256(path)} if path.is_file() and weights is None else {}),
+            **({"faceattr.release": json.dumps(ckpt["release"])} if ckpt.get("release") else {}),
         }
         data = onnx_bytes(model, channels, size, metadata)
         if prepared is not None:
@@ -284,8 +269,6 @@ def export(
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Atomically, with a one-line error for a path that cannot be written."""
-    from faceattr.atomic import atomic_path
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

@@ -9,21 +9,19 @@ import base64
 import csv
 import html
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from faceattr import __version__
-from faceattr.cache import write_json
+from faceattr.atomic import write_json
+from faceattr.calibration import write_calibration
+from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
+from faceattr.device import select_device
 from faceattr.evaluation import (
-    AGE_BAND_NAMES,
     N_BOOT,
     SplitPredictions,
     checkpoint_tasks,
@@ -32,10 +30,12 @@ from faceattr.evaluation import (
     load_split_data,
     predict_split,
 )
+from faceattr.figures import new_figure, save_figure
+from faceattr.folders import replacing_folder
 from faceattr.inputerror import InputError
-from faceattr.metrics import CLASS_NAMES
+from faceattr.labels import AGE_BAND_NAMES, CLASS_NAMES
+from faceattr.runs import BEST, CALIBRATION, HISTORY
 from faceattr.split import age_band
-from faceattr.train import load_checkpoint, model_from_checkpoint, select_device
 
 REPORT_FORMAT = "faceattr-evaluation-1"
 EXTRA_SECTIONS = (("explain", "Explanations"), ("clusters", "Error clusters"))  # RUN/<folder>/index.json
@@ -52,20 +52,7 @@ LABELS = {
 }
 GROUPINGS = {"ethnicity": "ethnicity", "gender": "gender", "age_band": "age band"}
 DPI = 90
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    # A bare Figure on an Agg canvas keeps pyplot's global state out of library code.
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+LAYOUT = "constrained"  # the report's figures lay themselves out, so they are saved uncropped
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, path: str | Path) -> Path:
@@ -74,7 +61,7 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, pa
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(labels)
-    fig = _new_figure(3 + 1.2 * k, 1.8 + 0.6 * k)
+    fig = new_figure(3 + 1.2 * k, 1.8 + 0.6 * k, layout=LAYOUT)
     for ax, values, kind in zip(fig.subplots(1, 2), (cm, norm), ("counts", "row-normalised (recall on diagonal)")):
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(k):
@@ -88,14 +75,14 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, pa
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{title}: {kind}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_roc_pr(y: np.ndarray, score: np.ndarray, positive: str, path: str | Path) -> Path:
     """ROC curve and precision-recall curve of a binary score (N,) for labels y (N,) in {0, 1}."""
     fpr, tpr, _ = roc_curve(y, score)
     precision, recall, _ = precision_recall_curve(y, score)
-    fig = _new_figure(9, 3.8)
+    fig = new_figure(9, 3.8, layout=LAYOUT)
     ax1, ax2 = fig.subplots(1, 2)
     auc = float(np.trapezoid(tpr, fpr))
     ax1.plot(fpr, tpr, color="tab:blue", label=f"AUC {auc:.3f}")
@@ -112,13 +99,13 @@ def plot_roc_pr(y: np.ndarray, score: np.ndarray, positive: str, path: str | Pat
     ax2.set_ylim(0, 1.02)
     ax2.set_title(f"precision-recall, positive class {positive}", fontsize=10)
     ax2.legend(loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_reliability(before: dict, after: dict, temperature: float, title: str, path: str | Path) -> Path:
     """Reliability diagrams (top-label accuracy against confidence per bin) before and after
     temperature scaling; ``before``/``after`` come from faceattr.evaluation.reliability."""
-    fig = _new_figure(9, 3.8)
+    fig = new_figure(9, 3.8, layout=LAYOUT)
     for ax, rel, name in zip(
         fig.subplots(1, 2, sharey=True), (before, after), ("before", f"after T = {temperature:.2f}")
     ):
@@ -146,12 +133,12 @@ def plot_reliability(before: dict, after: dict, temperature: float, title: str, 
         ax.set_title(f"{title} {name}: ECE {100 * rel['ece']:.2f} %", fontsize=10)
     fig.axes[0].set_ylabel("accuracy")
     fig.axes[0].legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_age_scatter(true_age: np.ndarray, preds: dict[str, np.ndarray], path: str | Path) -> Path:
     """Predicted against true age (hexbin, log counts), one panel per routing. Arrays (N,)."""
-    fig = _new_figure(4.4 * len(preds) + 0.6, 4)
+    fig = new_figure(4.4 * len(preds) + 0.6, 4, layout=LAYOUT)
     axes = np.atleast_1d(fig.subplots(1, len(preds), sharey=True))
     top = float(max(true_age.max(), max(p.max() for p in preds.values()))) + 2
     for ax, (routing, pred) in zip(axes, preds.items()):
@@ -162,7 +149,7 @@ def plot_age_scatter(true_age: np.ndarray, preds: dict[str, np.ndarray], path: s
         ax.set_aspect("equal")
     axes[0].set_ylabel("predicted age")
     fig.colorbar(hb, ax=list(axes), label="faces")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_mae_by_age(
@@ -173,7 +160,7 @@ def plot_mae_by_age(
     lo = np.arange(0, int(true_age.max()) + step, step)
     idx = np.digitize(true_age, lo) - 1
     counts = np.bincount(idx, minlength=len(lo))
-    fig = _new_figure(9, 3.8)
+    fig = new_figure(9, 3.8, layout=LAYOUT)
     ax = fig.add_subplot()
     twin = ax.twinx()
     twin.bar(lo + step / 2, counts, width=step * 0.9, color="lightgrey", label="faces")
@@ -188,12 +175,12 @@ def plot_mae_by_age(
     ax.set_ylabel("MAE (years)")
     ax.set_title(f"age MAE by true age (bins with at least {min_faces} faces)", fontsize=10)
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_residuals(true_age: np.ndarray, preds: dict[str, np.ndarray], path: str | Path) -> Path:
     """Histogram of the residuals (predicted - true age), one outline per routing."""
-    fig = _new_figure(9, 3.5)
+    fig = new_figure(9, 3.5, layout=LAYOUT)
     ax = fig.add_subplot()
     bins = np.arange(-40.5, 41.5, 1.0)
     for routing, pred in preds.items():
@@ -204,12 +191,12 @@ def plot_residuals(true_age: np.ndarray, preds: dict[str, np.ndarray], path: str
     ax.set_ylabel("faces")
     ax.set_title("age residuals", fontsize=10)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_cumulative_score(curves: dict[str, list[float]], path: str | Path) -> Path:
     """Cumulative score: share of faces within k years, k = 0..len-1, one line per routing."""
-    fig = _new_figure(7, 3.8)
+    fig = new_figure(7, 3.8, layout=LAYOUT)
     ax = fig.add_subplot()
     for routing, cs in curves.items():
         k = np.arange(len(cs))
@@ -222,14 +209,14 @@ def plot_cumulative_score(curves: dict[str, list[float]], path: str | Path) -> P
     ax.grid(alpha=0.3)
     ax.set_title("age cumulative score", fontsize=10)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_fairness(table: dict, overall: dict[str, dict], grouping: str, path: str | Path) -> Path:
     """One panel per metric: each group's value with its 95 % interval, and the overall value."""
     metrics = table["metrics"]
     names = list(table["groups"])
-    fig = _new_figure(3.2 * len(metrics), 0.9 + 0.32 * len(names))
+    fig = new_figure(3.2 * len(metrics), 0.9 + 0.32 * len(names), layout=LAYOUT)
     for ax, m in zip(np.atleast_1d(fig.subplots(1, len(metrics), sharey=True)), metrics):
         scale = 100 if "accuracy" in m or "cs5" in m else 1
         for y, name in enumerate(names):
@@ -247,7 +234,7 @@ def plot_fairness(table: dict, overall: dict[str, dict], grouping: str, path: st
         ax.set_xlabel(LABELS.get(m, m) + unit, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"by {GROUPINGS.get(grouping, grouping)}: value and 95 % bootstrap interval", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
@@ -257,7 +244,7 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     unit = [c for c in columns if "mae" not in c]
     years = [c for c in columns if "mae" in c]
     panels = 2 + bool(years)
-    fig = _new_figure(4.2 * panels, 3.6)
+    fig = new_figure(4.2 * panels, 3.6, layout=LAYOUT)
     axes = fig.subplots(1, panels)
     axes[0].plot(epochs, [r["train_loss"] for r in history], marker=".", color="tab:blue")
     axes[0].set_title("training loss", fontsize=10)
@@ -275,7 +262,7 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-    return _save(fig, path)
+    return save_figure(fig, path, DPI, tight=False)
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -649,16 +636,6 @@ def _check_out_dir(out_dir: Path, run_dir: Path) -> None:
         )
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp with renames, so readers see the old or the new report, whole."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def evaluate_run(
     run_dir: str | Path,
     data_dir: str | Path | None = None,
@@ -679,14 +656,14 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
-    if not (run_dir / "best.pt").is_file():
-        raise InputError(f"{run_dir}: no best.pt (expected a run folder written by faceattr train)")
-    ckpt = load_checkpoint(run_dir / "best.pt")
+    if not (run_dir / BEST).is_file():
+        raise InputError(f"{run_dir}: no {BEST} (expected a run folder written by faceattr train)")
+    ckpt = load_checkpoint(run_dir / BEST)
     data_dir = Path(data_dir) if data_dir is not None else find_data_dir(run_dir, ckpt)
     prepared = load_split_data(data_dir, ckpt, split)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     _check_out_dir(out_dir, run_dir)
-    history = read_history(run_dir / "history.csv")
+    history = read_history(run_dir / HISTORY)
     extras = [s for folder, _ in EXTRA_SECTIONS if (s := load_extra_section(run_dir / folder))]
 
     dev = select_device(device)
@@ -694,18 +671,19 @@ def evaluate_run(
     batch = int(ckpt["config"].get("eval_batch_size", 512))
     pred = predict_split(model, ckpt, prepared, split, dev, batch)
     val = pred if split == "val" else predict_split(model, ckpt, prepared, "val", dev, batch)
-    edges = ckpt["age"]["edges"] if ckpt.get("age") else None
+    age = age_spec(ckpt)
+    edges = age.edges if age else None
     metrics = {
         "format": REPORT_FORMAT,
         "faceattr_version": __version__,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run": str(run_dir),
-        "checkpoint": "best.pt",
+        "checkpoint": BEST,
         "epoch": int(ckpt["epoch"]) + 1,
         "config_name": ckpt["config"]["name"],
         "tasks": checkpoint_tasks(ckpt),
-        "age_head": (ckpt.get("age") or {}).get("head"),
-        "age_routing_temperature": (ckpt.get("age") or {}).get("routing_temperature", 1.0),
+        "age_head": age.head if age else None,
+        "age_routing_temperature": age.routing_temperature if age else 1.0,
         "data_dir": str(data_dir),
         "split": split,
         "split_hash": ckpt["split_hash"],
@@ -718,7 +696,7 @@ def evaluate_run(
     calibration = {
         "temperature": {t: cal[t]["temperature"] for t in CLASS_NAMES if t in cal},
         "fitted_on": "val",
-        "checkpoint": "best.pt",
+        "checkpoint": BEST,
         "epoch": metrics["epoch"],
         "split_hash": ckpt["split_hash"],
         "n_val": {t: cal[t]["val"]["n"] for t in CLASS_NAMES if t in cal},
@@ -733,20 +711,13 @@ def evaluate_run(
         ai = metrics["age_interval"]
         calibration["age_interval"] = {k: ai[k] for k in ("coverage", "half_width", "n_per_bin", "method")}
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with replacing_folder(out_dir) as tmp:
         figures = make_figures(metrics, pred, history, tmp / "plots")
         metrics["seconds"] = round(time.perf_counter() - start, 2)
         metrics["plots"] = sorted(str(p.relative_to(tmp)) for p in figures.values())
         write_json(metrics, tmp / "metrics.json")
         (tmp / "report.html").write_text(render_html(metrics, figures, history, extras), encoding="utf-8")
-        write_json(calibration, run_dir / "calibration.json")
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_calibration(calibration, run_dir)
     log(
         f"{split} (n={len(pred)}): "
         + ", ".join(
@@ -758,6 +729,6 @@ def evaluate_run(
     log(
         "temperature (val): "
         + ", ".join(f"{t} {v:.3f}" for t, v in calibration["temperature"].items())
-        + f"; wrote {out_dir / 'report.html'} and {run_dir / 'calibration.json'} in {metrics['seconds']:.1f} s"
+        + f"; wrote {out_dir / 'report.html'} and {run_dir / CALIBRATION} in {metrics['seconds']:.1f} s"
     )
     return metrics

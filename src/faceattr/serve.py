@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from faceattr import __version__
 from faceattr.imageio import ImageLoadError, load_image
-from faceattr.metrics import CLASS_NAMES
+from faceattr.labels import CLASS_NAMES
 from faceattr.predictor import Face, Predictor, load_predictor
 
 MAX_UPLOAD_BYTES = 10_000_000  # 10 MB

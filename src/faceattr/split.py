@@ -13,15 +13,13 @@ import numpy as np
 from faceattr.atomic import atomic_path
 from faceattr.dataset import FaceData
 from faceattr.inputerror import InputError
+from faceattr.labels import AGE_BANDS, EXCLUDED, SPLITS
 
-SPLITS = ("train", "val", "test")
-EXCLUDED = "excluded"  # extra members of a duplicate group that landed in val or test
-AGE_BANDS = (0, 3, 13, 20, 30, 40, 50, 60, 70)
 SPLIT_COLUMNS = ("row", "id", "pixel_sha1", "img_name", "age", "gender", "ethnicity", "group", "split")
 
 
 def age_band(age: np.ndarray) -> np.ndarray:
-    """Index of the age band (0-2, 3-12, 13-19, 20-29, ..., 70+) for each age."""
+    """Index of the age band (0-2, 3-12, 13-19, 20-29, ..., 70+: ``labels.AGE_BAND_NAMES``) for each age."""
     return np.searchsorted(np.array(AGE_BANDS[1:]), age, side="right")
 
 

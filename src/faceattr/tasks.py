@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from faceattr import age as agemod
-from faceattr.metrics import CLASS_NAMES
+from faceattr.labels import CLASS_NAMES
 
 TASKS = ("gender", "ethnicity", "age")
 AGE_HEADS = ("two_stage", "direct", "dex")
@@ -89,22 +89,40 @@ def age_loss(out: dict[str, Tensor], ages: Tensor, age: AgeSpec, smoothing: floa
     return agemod.dex_loss(out["age_dex"].float(), ages, smoothing)
 
 
+def decode_age(raw: dict[str, Tensor], age: AgeSpec) -> dict[str, Tensor]:
+    """Years (B,) from the age heads' raw outputs, as every consumer reads them (soft routing at
+    the fitted temperature for the two-stage head, which also gives ``age_bin_prob`` (B, bins))."""
+    if age.head == "two_stage":
+        bin_logits, reg = raw["age_bin"].float(), raw["age_reg"].float()
+        return {
+            "age": agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature),
+            "age_bin_prob": torch.softmax(bin_logits, 1),
+        }
+    if age.head == "direct":
+        return {"age": agemod.decode_direct(raw["age_direct"].float(), age.mean, age.std)}
+    return {"age": agemod.decode_dex(raw["age_dex"].float())}
+
+
 @torch.no_grad()
 def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
     """Predictions from raw head outputs (B, ...): class probabilities (B, K) per class task;
-    for age, ``age`` (B,) years (soft routing for the two-stage head), ``age_hard`` (B,),
-    ``age_bin_prob`` (B, bins) and ``age_bin_ages`` (B, bins) for the two-stage head."""
+    for age, ``age`` (B,) years (``decode_age``), and for the two-stage head also ``age_hard``
+    (B,), ``age_bin_prob`` (B, bins) and ``age_bin_ages`` (B, bins)."""
     pred = {t: torch.softmax(out[t].float(), 1) for t in CLASS_NAMES if t in out}
     if age is None:
         return pred
+    pred.update(decode_age(out, age))
     if age.head == "two_stage":
         bin_logits, reg = out["age_bin"].float(), out["age_reg"].float()
-        pred["age"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature)
         pred["age_hard"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "hard")
-        pred["age_bin_prob"] = torch.softmax(bin_logits, 1)
         pred["age_bin_ages"] = agemod.bin_ages(reg, age.edges)  # (B, bins): each regressor's age
-    elif age.head == "direct":
-        pred["age"] = agemod.decode_direct(out["age_direct"].float(), age.mean, age.std)
-    else:
-        pred["age"] = agemod.decode_dex(out["age_dex"].float())
     return pred
+
+
+def predicted_bin(pred: dict[str, np.ndarray], age: AgeSpec) -> np.ndarray:
+    """The age bin (N,) a model predicts from its decoded outputs (``decode``, as numpy): the bin
+    classifier's argmax for the two-stage head, the bin of the predicted age for the heads
+    without a classifier."""
+    if age.head == "two_stage":
+        return np.asarray(pred["age_bin_prob"]).argmax(1)
+    return agemod.age_to_bin(np.asarray(pred["age"]), np.asarray(age.edges))

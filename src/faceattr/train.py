@@ -10,6 +10,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +21,38 @@ from torch import nn
 from tqdm import tqdm
 
 from faceattr import __version__
-from faceattr.age import age_metrics, age_to_bin, fit_routing_temperature
-from faceattr.atomic import atomic_path
-from faceattr.augment import AugmentConfig, augment_batch, normalize, strength_per_class, to_input, to_unit
-from faceattr.cache import Prepared, load_prepared, write_json
+from faceattr.age import fit_routing_temperature
+from faceattr.atomic import atomic_path, write_json
+from faceattr.augment import AugmentConfig, augment_batch, strength_per_class
+from faceattr.cache import Prepared, load_prepared
+from faceattr.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from faceattr.config import TrainConfig, write_config
+from faceattr.dataset import FaceData
+from faceattr.device import select_device
 from faceattr.inputerror import InputError
-from faceattr.metrics import CLASS_NAMES, head_metrics, selection_score
-from faceattr.model import FaceNet, build_model, model_args
+from faceattr.labels import CLASS_NAMES
+from faceattr.metrics import age_metrics, head_metrics, selection_score
+from faceattr.model import FaceNet, model_args
+from faceattr.preprocess import normalize, to_input, to_unit
+from faceattr.runs import BEST, CONFIG, HISTORY, LAST, METRICS
 from faceattr.sampling import class_sample_weights, epoch_indices
 from faceattr.split import split_hash
-from faceattr.tasks import AgeSpec, decode, make_age_spec, model_heads, total_loss
+from faceattr.tasks import AgeSpec, decode, make_age_spec, model_heads, predicted_bin, total_loss
 
-CHECKPOINT_FORMAT = "faceattr-checkpoint-1"
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' means this process's GPU when there is one, else the CPU."""
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r}: CUDA is not available on this machine (use --set device=cpu)")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
+# What last.pt holds beyond the weights file (best.pt): the state an exact resume needs.
+TRAINING_STATE = (
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "best_score",
+    "bad_epochs",
+    "history",
+    "train_seconds",
+    "wall_seconds",
+    "stopped_by",
+    "world_size",
+    "rng",
+)
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -141,39 +150,13 @@ def evaluate(
         t: head_metrics(getattr(part, t).astype(np.int64), pred[t], CLASS_NAMES[t]) for t in CLASS_NAMES if t in pred
     }
     if age is not None:
-        edges = np.asarray(age.edges)
+        edges, pred_bin = np.asarray(age.edges), predicted_bin(pred, age)
         groups = {"gender": part.gender, "ethnicity": part.ethnicity}
+        metrics["age"] = age_metrics(part.age, pred["age"], edges, pred_bin, **groups)
         if age.head == "two_stage":
-            pred_bin = pred["age_bin_prob"].argmax(1)
-            metrics["age"] = age_metrics(part.age, pred["age"], edges, pred_bin, **groups)
             metrics["age_hard_routing"] = age_metrics(part.age, pred["age_hard"], edges, pred_bin, **groups)
-        else:
-            metrics["age"] = age_metrics(part.age, pred["age"], edges, age_to_bin(pred["age"], edges), **groups)
     metrics["score"] = selection_score(metrics)
     return metrics
-
-
-def save_checkpoint(state: dict, path: Path) -> Path:
-    """torch.save to a temp file in the same folder, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a faceattr checkpoint safely (weights_only=True) and check its format."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a traceback
-        raise InputError(f"{path}: not a readable faceattr checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a faceattr checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 def init_from_checkpoint(model: FaceNet, path: str | Path, expected_split: str) -> list[str]:
@@ -192,12 +175,6 @@ def init_from_checkpoint(model: FaceNet, path: str | Path, expected_split: str) 
         raise InputError(f"{path}: its backbone does not match this model (stem/width/channels differ)")
     model.load_state_dict(matched, strict=False)
     return sorted({k.split(".")[1] for k in own if k.startswith("heads.") and k not in matched})
-
-
-def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> FaceNet:
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
 
 
 def _write_history(rows: list[dict], path: Path) -> None:
@@ -251,6 +228,84 @@ def train_one_epoch(
     return loss_sum / max(seen, 1), seen
 
 
+@dataclass
+class Feed:
+    """The training faces on the device and what turns them into each epoch's batches: the
+    balanced draw of sample indices (one generator, identical on all ranks, so the shards are
+    disjoint) and the augmentation (a generator per rank)."""
+
+    images: torch.Tensor  # (N, H, W[, C]) uint8, the whole training set
+    targets: dict[str, torch.Tensor]  # task -> (N,) class indices or ages
+    sample_weights: np.ndarray  # (N,) the balanced sampler's weights
+    strength: torch.Tensor  # (ethnicities,) augmentation strength per class
+    aug: AugmentConfig
+    mean: float
+    std: float
+    batch_size: int  # per rank
+    rank: int
+    world: int
+    sample_gen: torch.Generator
+    aug_gen: torch.Generator
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """This rank's augmented batches (x (B, C, H, W), targets) of one epoch, made as they are asked for."""
+        draw = epoch_indices(self.sample_weights, len(self.images), self.sample_gen, self.rank, self.world)
+        order = torch.from_numpy(draw).to(self.images.device)
+        for k in range(0, len(order), self.batch_size):
+            index = order[k : k + self.batch_size]
+            yield make_batch(
+                self.images, self.targets, index, self.strength, self.aug_gen, self.aug, self.mean, self.std
+            )
+
+
+@dataclass
+class Run:
+    """What one training run works with, built once by ``setup``: where it runs, its data, the
+    model with its optimisation, the batch feed, and the header every checkpoint starts with."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    prepared: Prepared
+    split_id: str
+    mean: float
+    std: float
+    age: AgeSpec | None
+    model: FaceNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int  # per rank
+    feed: Feed
+    header: dict = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        # Rank 0 validates, checkpoints and writes; the other ranks only train.
+        return self.rank == 0
+
+    def loss(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        task_weights = {t: self.cfg.task_weights[t] for t in self.cfg.tasks}
+        return total_loss(out, targets, task_weights, self.cfg.label_smoothing, self.age, self.cfg.age_reg_weight)
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last finished epoch; last.pt carries it, so a resumed run
+    continues from there."""
+
+    next_epoch: int = 0  # 0-based
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)  # history.csv rows
+    stopped_by: str | None = None
+    train_seconds: float = 0.0  # in the training loop
+    wall_seconds: float = 0.0  # in training + validation
+
+
 def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: bool = False, log=print) -> dict:
     """Train the model for ``cfg.tasks``; returns the test metrics of the best checkpoint.
 
@@ -259,221 +314,294 @@ def train(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, resume: b
     validates, checkpoints and writes. With ``resume`` it continues from last.pt exactly
     where an interrupted run (even ``kill -9``) left it.
     """
+    run = setup(cfg, data_dir, run_dir)
+    last = _checked_last(run.run_dir / LAST, cfg, run.split_id, run.world) if resume else None
+    if run.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run.run_dir / CONFIG)
+    progress = resume_from(run, last, log) if last is not None else start(run, log)
+    net: nn.Module = nn.parallel.DistributedDataParallel(run.model) if run.world > 1 else run.model
+    while progress.next_epoch < cfg.epochs and not progress.stopped_by:
+        run_epoch(run, net, progress, log)
+    result = finish(run, progress, log) if run.main else {}
+    if run.world > 1:
+        dist.barrier()
+    return result
+
+
+def setup(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path) -> Run:
+    """Everything a run trains with, in a fixed order (the seeded model initialisation comes
+    first, so a run replays exactly); writes nothing."""
     rank, world, device = init_distributed(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    main_proc = rank == 0
-    prepared = load_prepared(data_dir)
+    prepared = load_training_data(data_dir, cfg.batch_size, world)
     train_set = prepared.part("train")
-    n_val, n_test = int((prepared.split == "val").sum()), int((prepared.split == "test").sum())
-    if len(train_set) < cfg.batch_size or n_val == 0 or n_test == 0:
-        raise InputError(
-            f"{data_dir}: {len(train_set)} training, {n_val} validation and {n_test} test faces; need at least "
-            f"batch_size={cfg.batch_size} training faces and one of each other"
-        )
-    if cfg.batch_size % world:
-        raise InputError(f"batch_size {cfg.batch_size} must divide by the {world} processes")
-    split_id = split_hash(prepared.data.ids, prepared.split)
-    ckpt = _checked_last(run_dir / "last.pt", cfg, split_id, world) if resume else None
-    if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run_dir / "config.yaml")
-
     torch.manual_seed(cfg.seed)
     mean = float(train_set.images.mean() / 255)
     std = float(train_set.images.std() / 255)
     age = make_age_spec(cfg.age_head, cfg.age_bins, train_set.age) if "age" in cfg.tasks else None
     model = FaceNet(train_set.channels, cfg.width, cfg.stem, cfg.dropout, model_heads(cfg.tasks, age)).to(device)
-    if cfg.init_from and ckpt is None:
-        fresh = init_from_checkpoint(model, cfg.init_from, split_id)
-        if main_proc:
-            log(f"initialised from {cfg.init_from}; new: {', '.join(fresh) or 'nothing'}")
     optimizer = make_optimizer(model, cfg)
-    per_rank_batch = cfg.batch_size // world
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / per_rank_batch)  # per rank
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / (cfg.batch_size // world))
     scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     amp_dtype = None
     if cfg.amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    run = Run(
+        cfg=cfg,
+        run_dir=Path(run_dir),
+        rank=rank,
+        world=world,
+        device=device,
+        prepared=prepared,
+        split_id=split_hash(prepared.data.ids, prepared.split),
+        mean=mean,
+        std=std,
+        age=age,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        steps_per_epoch=steps_per_epoch,
+        feed=make_feed(train_set, cfg, mean, std, device, rank, world),
+    )
+    run.header = checkpoint_state(run)
+    return run
 
-    # The draw of sample indices uses one generator identical on all ranks (so the shards are
-    # disjoint); augmentation uses a per-rank generator.
-    sample_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1 + rank)
-    images = torch.from_numpy(train_set.images).to(device)  # (N, H, W[, C]) uint8, the whole set
-    targets = {
-        "gender": torch.from_numpy(train_set.gender.astype(np.int64)).to(device),
-        "ethnicity": torch.from_numpy(train_set.ethnicity.astype(np.int64)).to(device),
-        "age": torch.from_numpy(train_set.age.astype(np.float32)).to(device),
-    }
-    task_weights = {t: cfg.task_weights[t] for t in cfg.tasks}
-    sample_weights = class_sample_weights(train_set.ethnicity.astype(np.int64), cfg.sampling)
-    counts = np.bincount(train_set.ethnicity.astype(np.int64), minlength=len(CLASS_NAMES["ethnicity"]))
-    strength = strength_per_class(counts, cfg.minority_power, cfg.max_strength).to(device)
-    aug_cfg = AugmentConfig(**cfg.augment)
 
-    def loss_fn(out: dict[str, torch.Tensor], batch_targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        return total_loss(out, batch_targets, task_weights, cfg.label_smoothing, age, cfg.age_reg_weight)
+def load_training_data(data_dir: str | Path, batch_size: int, world: int) -> Prepared:
+    """The prepared data, refused when a split is too small to train, stop early or report on."""
+    prepared = load_prepared(data_dir)
+    n_train, n_val, n_test = (int((prepared.split == s).sum()) for s in ("train", "val", "test"))
+    if n_train < batch_size or n_val == 0 or n_test == 0:
+        raise InputError(
+            f"{data_dir}: {n_train} training, {n_val} validation and {n_test} test faces; need at least "
+            f"batch_size={batch_size} training faces and one of each other"
+        )
+    if batch_size % world:
+        raise InputError(f"batch_size {batch_size} must divide by the {world} processes")
+    return prepared
 
-    start_epoch, best_score, bad_epochs, history, stop_reason = 0, -math.inf, 0, [], None
-    elapsed, wall = 0.0, 0.0  # seconds in the training loop; in training + validation
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
-            scaler.load_state_dict(ckpt["scaler"])
-        sample_gen.set_state(ckpt["rng"]["sample"])
-        aug_state, cuda_state = ckpt["rng"]["per_rank"][rank]
-        aug_gen.set_state(aug_state)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if cuda_state is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_state, device)
-        start_epoch, best_score, bad_epochs = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["bad_epochs"]
-        history, stop_reason = ckpt["history"], ckpt["stopped_by"]
-        elapsed, wall = ckpt["train_seconds"], ckpt["wall_seconds"]
-        if main_proc:
-            log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}" + (f" ({stop_reason})" if stop_reason else ""))
-            if bad_epochs == 0:
-                # A kill between writing last.pt and best.pt would leave best.pt one epoch behind.
-                save_checkpoint(_weights_only(ckpt), run_dir / "best.pt")
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    common = {
+def make_feed(
+    train_set: FaceData, cfg: TrainConfig, mean: float, std: float, device: torch.device, rank: int, world: int
+) -> Feed:
+    """The batch feed of a run: the whole training set moved to ``device`` once, the sampler's
+    weights, the per-class augmentation strength and the seeded generators."""
+    ethnicity = train_set.ethnicity.astype(np.int64)
+    counts = np.bincount(ethnicity, minlength=len(CLASS_NAMES["ethnicity"]))
+    return Feed(
+        images=torch.from_numpy(train_set.images).to(device),
+        targets={
+            "gender": torch.from_numpy(train_set.gender.astype(np.int64)).to(device),
+            "ethnicity": torch.from_numpy(ethnicity).to(device),
+            "age": torch.from_numpy(train_set.age.astype(np.float32)).to(device),
+        },
+        sample_weights=class_sample_weights(ethnicity, cfg.sampling),
+        strength=strength_per_class(counts, cfg.minority_power, cfg.max_strength).to(device),
+        aug=AugmentConfig(**cfg.augment),
+        mean=mean,
+        std=std,
+        batch_size=cfg.batch_size // world,
+        rank=rank,
+        world=world,
+        sample_gen=torch.Generator().manual_seed(cfg.seed),
+        aug_gen=torch.Generator().manual_seed(cfg.seed * 1000 + 1 + rank),
+    )
+
+
+def checkpoint_state(run: Run) -> dict:
+    """The header of every checkpoint of a run (``faceattr.checkpoint``'s format): what rebuilds
+    the model and its preprocessing and age decoding from the file alone, and what it was
+    trained on. Each epoch adds the weights, its number and its validation metrics."""
+    cfg, train_set = run.cfg, run.prepared.part("train")
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": __version__,
-        "model_args": model_args(model),
+        "model_args": model_args(run.model),
         "config": cfg.to_dict(),
         "tasks": list(cfg.tasks),
         "class_names": {t: list(CLASS_NAMES[t]) for t in cfg.tasks if t in CLASS_NAMES},
-        "age": age.to_dict() if age else None,
+        "age": run.age.to_dict() if run.age else None,
         "preprocessing": {
             "size": train_set.size,
             "channels": train_set.channels,
-            "mean": mean,
-            "std": std,
+            "mean": run.mean,
+            "std": run.std,
             "color": "gray" if train_set.channels == 1 else "rgb",
             "resize": "area",
         },
-        "split_hash": split_id,
-        "data": {"input_sha256": prepared.manifest.get("input", {}).get("sha256"), "train_faces": len(train_set)},
+        "split_hash": run.split_id,
+        "data": {"input_sha256": run.prepared.manifest.get("input", {}).get("sha256"), "train_faces": len(train_set)},
     }
-    for epoch in range(start_epoch, cfg.epochs):
-        if stop_reason:
-            break
-        start = time.perf_counter()
-        order = torch.from_numpy(epoch_indices(sample_weights, len(train_set), sample_gen, rank, world)).to(device)
-        batches = (
-            make_batch(images, targets, order[k : k + per_rank_batch], strength, aug_gen, aug_cfg, mean, std)
-            for k in range(0, len(order), per_rank_batch)
+
+
+def start(run: Run, log: Callable) -> Progress:
+    """A fresh run: optionally initialised from another run's weights (``cfg.init_from``)."""
+    if run.cfg.init_from:
+        fresh = init_from_checkpoint(run.model, run.cfg.init_from, run.split_id)
+        if run.main:
+            log(f"initialised from {run.cfg.init_from}; new: {', '.join(fresh) or 'nothing'}")
+    return Progress()
+
+
+def resume_from(run: Run, last: dict, log: Callable) -> Progress:
+    """Restore weights, optimiser, schedule, scaler and every generator from last.pt; returns
+    where the run stood."""
+    run.model.load_state_dict(last["model"])
+    run.optimizer.load_state_dict(last["optimizer"])
+    run.scheduler.load_state_dict(last["scheduler"])
+    if last["scaler"]:  # empty when the run had no fp16 scaler (CPU, bf16)
+        run.scaler.load_state_dict(last["scaler"])
+    run.feed.sample_gen.set_state(last["rng"]["sample"])
+    aug_state, cuda_state = last["rng"]["per_rank"][run.rank]
+    run.feed.aug_gen.set_state(aug_state)
+    torch.set_rng_state(last["rng"]["torch"])
+    if cuda_state is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_state, run.device)
+    progress = Progress(
+        next_epoch=last["epoch"] + 1,
+        best_score=last["best_score"],
+        bad_epochs=last["bad_epochs"],
+        history=last["history"],
+        stopped_by=last["stopped_by"],
+        train_seconds=last["train_seconds"],
+        wall_seconds=last["wall_seconds"],
+    )
+    if run.main:
+        stopped = f" ({progress.stopped_by})" if progress.stopped_by else ""
+        log(f"resuming {run.run_dir} after epoch {last['epoch'] + 1}{stopped}")
+        if progress.bad_epochs == 0:
+            # A kill between writing last.pt and best.pt would leave best.pt one epoch behind.
+            save_checkpoint(_weights_only(last), run.run_dir / BEST)
+    return progress
+
+
+def run_epoch(run: Run, net: nn.Module, progress: Progress, log: Callable) -> None:
+    """Train one epoch on every rank; rank 0 validates, keeps the history, checkpoints and
+    decides whether to stop, and every rank learns that decision (``progress.stopped_by``)."""
+    epoch, cfg = progress.next_epoch, run.cfg
+    start_time = time.perf_counter()
+    with tqdm(
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (run.main and sys.stderr.isatty()),
+        mininterval=2,
+        leave=False,
+    ) as bar:
+        train_loss, seen = train_one_epoch(
+            net, run.feed.batches(), run.optimizer, run.scheduler, run.scaler, run.loss, run.amp_dtype, bar
         )
-        show = main_proc and sys.stderr.isatty()
-        with tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not show,
-            mininterval=2,
-            leave=False,
-        ) as progress:
-            train_loss, seen = train_one_epoch(net, batches, optimizer, scheduler, scaler, loss_fn, amp_dtype, progress)
-        epoch_seconds = time.perf_counter() - start
-        elapsed += epoch_seconds
+    epoch_seconds = time.perf_counter() - start_time
+    progress.train_seconds += epoch_seconds
 
-        # Rank 0 validates and decides; every rank learns the decision and sends its RNG states.
-        decision: list = [None]
-        rng_states = _gather((aug_gen.get_state(), _cuda_rng(device)), world)
-        if main_proc:
-            val = evaluate(model, prepared, "val", mean, std, device, age, cfg.eval_batch_size)
-            epoch_wall = time.perf_counter() - start
-            wall += epoch_wall
-            improved = val["score"] > best_score
-            best_score, bad_epochs = (val["score"], 0) if improved else (best_score, bad_epochs + 1)
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "lr_end": optimizer.param_groups[0]["lr"],
-                    "train_loss": round(train_loss, 5),
-                    **{f"val_{k}": round(v, 5) for k, v in headline(val).items()},
-                    "seconds": round(epoch_seconds, 1),
-                    "train_img_per_s": round(seen * world / epoch_seconds, 1),
-                }
-            )
-            if bad_epochs >= cfg.patience:
-                decision[0] = "early stopping"
-            elif cfg.max_minutes and wall + epoch_wall > cfg.max_minutes * 60:
-                # Stop before an epoch (with its validation) that would overrun the wall-clock budget.
-                decision[0] = "time budget"
-            weights_state = {**common, "model": model.state_dict(), "epoch": epoch, "metrics": {"val": val}}
-            # last.pt first: a kill before best.pt is written is repaired on resume (see above).
-            save_checkpoint(
-                {
-                    **weights_state,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "best_score": best_score,
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "train_seconds": elapsed,
-                    "wall_seconds": wall,
-                    "stopped_by": decision[0],
-                    "world_size": world,
-                    "rng": {"sample": sample_gen.get_state(), "torch": torch.get_rng_state(), "per_rank": rng_states},
-                },
-                run_dir / "last.pt",
-            )
-            if improved:
-                save_checkpoint(weights_state, run_dir / "best.pt")
-            _write_history(history, run_dir / "history.csv")
-            log(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} val "
-                + " ".join(f"{k} {v:.4f}" for k, v in headline(val).items())
-                + f" ({epoch_seconds:.0f} s, {history[-1]['train_img_per_s']:.0f} img/s)"
-                + (" *" if improved else "")
-            )
-        if world > 1:
-            dist.broadcast_object_list(decision, src=0)
-        stop_reason = decision[0]
-
-    result = {}
-    if main_proc:
-        best = load_checkpoint(run_dir / "best.pt")
-        model.load_state_dict(best["model"])
-        if age is not None and age.head == "two_stage":
-            # The soft-routing temperature is fitted on validation, stored with the weights,
-            # and used for every prediction from then on (test included).
-            val_pred = predict_outputs(model, prepared.part("val").images, mean, std, device, age, cfg.eval_batch_size)
-            temperature = fit_routing_temperature(
-                val_pred["age_bin_prob"], val_pred["age_bin_ages"], prepared.part("val").age
-            )
-            age = AgeSpec(**{**age.to_dict(), "routing_temperature": temperature})
-            best["age"] = age.to_dict()
-            save_checkpoint(best, run_dir / "best.pt")
-            log(f"soft-routing temperature fitted on validation: {temperature}")
-        test = evaluate(model, prepared, "test", mean, std, device, age, cfg.eval_batch_size)
-        result = {
-            "test": test,
-            "best_epoch": best["epoch"] + 1,
-            "epochs_run": len(history),
-            "stopped_by": stop_reason or "epochs",
-            "train_minutes": round(elapsed / 60, 2),
-            "train_and_validation_minutes": round(wall / 60, 2),
-            "device": str(device),
-            "world_size": world,
-            "split_hash": split_id,
-            "config": cfg.to_dict(),
-        }
-        write_json(result, run_dir / "metrics.json")
+    decision: list = [None]
+    rng_states = _gather((run.feed.aug_gen.get_state(), _cuda_rng(run.device)), run.world)
+    if run.main:
+        val = evaluate(run.model, run.prepared, "val", run.mean, run.std, run.device, run.age, cfg.eval_batch_size)
+        epoch_wall = time.perf_counter() - start_time
+        progress.wall_seconds += epoch_wall
+        improved = val["score"] > progress.best_score
+        if improved:
+            progress.best_score, progress.bad_epochs = val["score"], 0
+        else:
+            progress.bad_epochs += 1
+        progress.history.append(
+            {
+                "epoch": epoch + 1,
+                "lr_end": run.optimizer.param_groups[0]["lr"],
+                "train_loss": round(train_loss, 5),
+                **{f"val_{k}": round(v, 5) for k, v in headline(val).items()},
+                "seconds": round(epoch_seconds, 1),
+                "train_img_per_s": round(seen * run.world / epoch_seconds, 1),
+            }
+        )
+        if progress.bad_epochs >= cfg.patience:
+            decision[0] = "early stopping"
+        elif cfg.max_minutes and progress.wall_seconds + epoch_wall > cfg.max_minutes * 60:
+            # Stop before an epoch (with its validation) that would overrun the wall-clock budget.
+            decision[0] = "time budget"
+        progress.stopped_by = decision[0]
+        save_epoch(run, progress, epoch, val, improved, rng_states)
         log(
-            "test: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in headline(test).items())
-            + f" (best epoch {result['best_epoch']}, {result['train_minutes']} min)"
+            f"epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} val "
+            + " ".join(f"{k} {v:.4f}" for k, v in headline(val).items())
+            + f" ({epoch_seconds:.0f} s, {progress.history[-1]['train_img_per_s']:.0f} img/s)"
+            + (" *" if improved else "")
         )
-    if world > 1:
-        dist.barrier()
+    if run.world > 1:
+        dist.broadcast_object_list(decision, src=0)
+    progress.stopped_by, progress.next_epoch = decision[0], epoch + 1
+
+
+def save_epoch(run: Run, progress: Progress, epoch: int, val: dict, improved: bool, rng_states: list) -> None:
+    """last.pt (weights plus the training state), best.pt when the epoch improved, history.csv.
+
+    last.pt is written first: a kill before best.pt is written is repaired on resume."""
+    weights = {**run.header, "model": run.model.state_dict(), "epoch": epoch, "metrics": {"val": val}}
+    training = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "best_score": progress.best_score,
+        "bad_epochs": progress.bad_epochs,
+        "history": progress.history,
+        "train_seconds": progress.train_seconds,
+        "wall_seconds": progress.wall_seconds,
+        "stopped_by": progress.stopped_by,
+        "world_size": run.world,
+        "rng": {"sample": run.feed.sample_gen.get_state(), "torch": torch.get_rng_state(), "per_rank": rng_states},
+    }
+    save_checkpoint({**weights, **training}, run.run_dir / LAST)
+    if improved:
+        save_checkpoint(weights, run.run_dir / BEST)
+    _write_history(progress.history, run.run_dir / HISTORY)
+
+
+def finish(run: Run, progress: Progress, log: Callable) -> dict:
+    """After the last epoch (rank 0): reload best.pt, fit the two-stage head's soft-routing
+    temperature on validation, score the test split and write metrics.json; returns it."""
+    cfg = run.cfg
+    best = load_checkpoint(run.run_dir / BEST)
+    run.model.load_state_dict(best["model"])
+    age = run.age
+    if age is not None and age.head == "two_stage":
+        age = fit_routing(run, best, log)
+    test = evaluate(run.model, run.prepared, "test", run.mean, run.std, run.device, age, cfg.eval_batch_size)
+    result = {
+        "test": test,
+        "best_epoch": best["epoch"] + 1,
+        "epochs_run": len(progress.history),
+        "stopped_by": progress.stopped_by or "epochs",
+        "train_minutes": round(progress.train_seconds / 60, 2),
+        "train_and_validation_minutes": round(progress.wall_seconds / 60, 2),
+        "device": str(run.device),
+        "world_size": run.world,
+        "split_hash": run.split_id,
+        "config": cfg.to_dict(),
+    }
+    write_json(result, run.run_dir / METRICS)
+    log(
+        "test: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in headline(test).items())
+        + f" (best epoch {result['best_epoch']}, {result['train_minutes']} min)"
+    )
     return result
+
+
+def fit_routing(run: Run, best: dict, log: Callable) -> AgeSpec:
+    """The two-stage head's soft-routing temperature, fitted on validation and stored in best.pt
+    with the weights, so every prediction from then on (test included) uses it."""
+    val = run.prepared.part("val")
+    pred = predict_outputs(run.model, val.images, run.mean, run.std, run.device, run.age, run.cfg.eval_batch_size)
+    temperature = fit_routing_temperature(pred["age_bin_prob"], pred["age_bin_ages"], val.age)
+    age = AgeSpec(**{**run.age.to_dict(), "routing_temperature": temperature})
+    best["age"] = age.to_dict()
+    save_checkpoint(best, run.run_dir / BEST)
+    log(f"soft-routing temperature fitted on validation: {temperature}")
+    return age
 
 
 def _checked_last(path: Path, cfg: TrainConfig, split_id: str, world: int) -> dict:
@@ -489,20 +617,7 @@ def _checked_last(path: Path, cfg: TrainConfig, split_id: str, world: int) -> di
 
 
 def _weights_only(ckpt: dict) -> dict:
-    training_state = {
-        "optimizer",
-        "scheduler",
-        "scaler",
-        "best_score",
-        "bad_epochs",
-        "history",
-        "train_seconds",
-        "wall_seconds",
-        "stopped_by",
-        "world_size",
-        "rng",
-    }
-    return {k: v for k, v in ckpt.items() if k not in training_state}
+    return {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
 
 
 def _cuda_rng(device: torch.device) -> torch.Tensor | None:

@@ -1,0 +1,3 @@
+"""Built-in training profiles, one YAML file each (``quick``, ``cpu60``, ``best``)."""
+
+PROFILES = ("quick", "cpu60", "best")

@@ -1,0 +1,31 @@
+"""The weights that ship inside the package: which names exist and where their files are.
+Each model ships twice: ``NAME.pt`` (float16 release checkpoint: PyTorch, Grad-CAM, fine-tuning,
+``faceattr export``) and ``NAME.onnx`` (the same network, calibration and age decoding as one
+ONNX Runtime graph: what ``faceattr predict`` and ``faceattr serve`` run by default)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from faceattr.inputerror import InputError
+
+PRETRAINED = {"default": "utkface48-v1"}  # name -> file stem in faceattr/weights
+WEIGHT_SUFFIXES = (".pt", ".onnx")
+
+
+def packaged_file(name: str = "default", suffix: str = ".pt") -> Path:
+    """Where a packaged file lives inside the installed package (it may be absent)."""
+    if name not in PRETRAINED:
+        raise InputError(f"no pretrained faceattr model named {name!r}; known: {', '.join(PRETRAINED)}")
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"suffix must be one of {WEIGHT_SUFFIXES}, got {suffix!r}")
+    return Path(str(resources.files("faceattr.weights").joinpath(PRETRAINED[name] + suffix)))
+
+
+def pretrained_path(name: str = "default", suffix: str = ".pt") -> Path:
+    """The packaged file for ``name``, or InputError naming the names that exist."""
+    path = packaged_file(name, suffix)
+    if not path.is_file():
+        raise InputError(f"{path}: the packaged weights are missing from this install; reinstall faceattr")
+    return path
