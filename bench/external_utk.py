@@ -30,7 +30,7 @@ from faceattr.dedupe import pixel_sha1
 from faceattr.imageio import load_image
 from faceattr.labels import CLASS_NAMES
 from faceattr.metrics import head_metrics
-from faceattr.predictor import Predictor
+from faceattr.predictor import Predictor, load_predictor
 from faceattr.readers import decode_image, parse_utk_name
 
 
@@ -121,7 +121,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archive", type=Path, default=Path("../shared/data/UTKFace.tar.gz"))
     p.add_argument("--data", type=Path, default=Path("prepared/kaggle48"), help="the canonical prepared Kaggle table")
-    p.add_argument("--model", type=Path, default=Path("runs/age/age-two_stage"))
+    p.add_argument(
+        "--model", default="runs/age/age-two_stage", help="run folder, checkpoint, .onnx file or `pretrained`"
+    )
+    p.add_argument("--backend", choices=["onnx", "torch"], help="default: onnx for pretrained/.onnx, else torch")
     p.add_argument("--every", type=int, default=1, help="only every N-th test face (default 1: all)")
     p.add_argument("--out", type=Path, default=Path("results/external_utk.json"))
     p.add_argument("--examples", type=Path, help="PNG: Kaggle 48x48 next to the re-aligned chip for 24 faces")
@@ -142,7 +145,7 @@ def main() -> None:
     has_file = np.array([m is not None for m in matched])
     t_match = time.time() - start
 
-    predictor = Predictor.from_checkpoint(args.model)
+    predictor = load_predictor(None if str(args.model) == "pretrained" else args.model, args.backend)
     n = len(test)
     t0 = time.time()
     landmarks, n_faces = detect_all(predictor, files, matched, args.detections)
@@ -171,6 +174,7 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "model": str(args.model),
+        "backend": predictor.backend,
         "test_faces": n,
         "matched_to_utkface_file": int(has_file.sum()),
         "detected": int(detected.sum()),

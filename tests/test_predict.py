@@ -26,9 +26,9 @@ from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
 from faceattr.evaluation import apply_temperature
 from faceattr.imageio import ImageLoadError, load_image
-from faceattr.onnxmodel import chips_to_pixels
 from faceattr.inputerror import InputError
 from faceattr.inputs import expand_inputs
+from faceattr.onnxmodel import chips_to_pixels
 from faceattr.predictor import Predictor
 from faceattr.readers import decode_image
 from faceattr.train import train

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from faceattr import release
-from faceattr.cli import main
 from faceattr.calibration import half_widths
-from faceattr.inference import inference_model, onnx_bytes
-from faceattr.onnxmodel import OnnxModel, chips_to_pixels
-from faceattr.inputerror import InputError
-from faceattr.predictor import Predictor
-from faceattr.readers import read_kaggle_csv
-from faceattr.pretrained import pretrained_path
-from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, sha256
 from faceattr.checkpoint import load_checkpoint
+from faceattr.cli import main
+from faceattr.inference import inference_model, onnx_bytes
+from faceattr.inputerror import InputError
+from faceattr.onnxmodel import OnnxModel, chips_to_pixels
+from faceattr.predictor import Predictor
+from faceattr.pretrained import pretrained_path
+from faceattr.readers import read_kaggle_csv
+from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, sha256
 from tiny_model import make_tiny_run
 
 TEMPERATURE = {"gender": 0.7, "ethnicity": 1.3}

@@ -133,9 +133,11 @@ def main() -> None:
                     f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
                 )
 
-    r = load("external_utk.json")
-    if r:
-        print(f"\n`{r['command']}` (model `{r['model']}`):\n")
+    for name in ("external_utk.json", "external_utk_shipped.json"):
+        r = load(name)
+        if not r:
+            continue
+        print(f"\n`{r['command']}` (model `{r['model']}`, backend {r.get('backend', 'torch')}):\n")
         print(f"- detected {r['detected']} of {r['test_faces']} test faces ({pct(r['detection_rate'])})")
         print("\n| on the detected faces | 48×48 table pixels | photo → detect → align → 48×48 | difference |")
         print("|---|---|---|---|")
@@ -143,6 +145,13 @@ def main() -> None:
         for key in ("gender_accuracy", "ethnicity_accuracy"):
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
+    r = load("release_onnx.json")
+    if r:
+        o = r["onnx"]
+        print(
+            f"\n`{r['command']}`: {o['path']}, {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
+            f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
+        )
 
     r = load("release.json")
     if r:
@@ -183,6 +192,44 @@ def main() -> None:
             f"(want {t['onnxruntime_batch_faces_per_s']['want']}), one face {t['onnxruntime_single_face_ms']['got']} ms "
             f"(want {t['onnxruntime_single_face_ms']['want']}): {'met' if t['met'] else 'NOT met'}"
         )
+        if "cold_start" in r:
+            cold, warm, bulk, u = r["cold_start"], r["warm_latency"], r["bulk"], r["user_targets"]
+            print("\n| as a user meets it | median | target |\n|---|---|---|")
+            rows = [
+                (
+                    "`faceattr predict` one 640×480 photo, fresh process",
+                    f"{u['got']['cold_start_s']:.2f} s",
+                    "cold_start_s",
+                ),
+                ("`faceattr --help`, fresh process", f"{u['got']['help_s']:.2f} s", "help_s"),
+                *[
+                    (f"photo → attributes, {name} JPEG, model loaded", f"{w['median_ms']:.1f} ms", None)
+                    for name, w in warm.items()
+                ],
+                (
+                    f"`faceattr predict FOLDER`, {bulk['photos']} photos of 640×480, default workers",
+                    f"{u['got']['bulk_photos_per_s']:.1f} photos/s",
+                    "bulk_photos_per_s",
+                ),
+                (
+                    "the same with `--workers 1`",
+                    f"{bulk['one_worker']['photos_per_s']:.1f} photos/s",
+                    None,
+                ),
+            ]
+            targets = {"640x480": "photo_640x480_ms", "12MP": "photo_12mp_ms"}
+            for label, value, key in rows:
+                key = key or next((k for n, k in targets.items() if f", {n} JPEG" in label), None)
+                if key:
+                    sign = ">=" if key.startswith("bulk") else "<="
+                    mark = "met" if u["met"][key] else "NOT met"
+                    print(f"| {label} | {value} | {sign} {u['want'][key]} ({mark}) |")
+                else:
+                    print(f"| {label} | {value} | |")
+            slow = ", ".join(
+                f"{m['module']} {m['cumulative_ms']:.0f} ms" for m in cold["slowest_imports_of_predict"][:5]
+            )
+            print(f"\n- slowest imports of `faceattr predict` (`python -X importtime`): {slow}")
 
     r = load("bench_serve.json")
     if r:

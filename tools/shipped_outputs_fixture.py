@@ -6,12 +6,18 @@ refactored code, and the shipped ONNX graph, give the same answers.
     git worktree add /tmp/before 50628a3
     python tools/shipped_outputs_fixture.py /tmp/before/src tests/data/shipped_outputs_before.npz
 """
-import sys, numpy as np
+
+import sys
+
+import numpy as np
+
 sys.path.insert(0, sys.argv[1])
 from importlib import resources
-from faceattr.readers import read_kaggle_csv
-from faceattr.predictor import Predictor
+
 import faceattr.inference as inf
+from faceattr.predictor import Predictor
+from faceattr.readers import read_kaggle_csv
+
 with resources.as_file(resources.files("faceattr.sample").joinpath("utkface48_sample.csv.gz")) as f:
     data, _ = read_kaggle_csv(f)
 images = data.images[:128]
