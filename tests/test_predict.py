@@ -239,7 +239,7 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow only warns up to 2x its limit
     small = tmp_path / "small.png"
     Image.new("RGB", (40, 30)).save(small)
-    with pytest.raises(ImageLoadError, match="1,200 pixels, limit 1,000"):
+    with pytest.raises(ImageLoadError, match="1,200 pixels, over the limit of 1,000"):
         load_image(small)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import tempfile
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from skimage import data as skdata
 
 from faceattr.cli import build_parser
 from faceattr.predictor import Predictor
-from faceattr.serve import create_app, running
+from faceattr.pretrained import pretrained_path
+from faceattr.serve import Limits, create_app, running
 from test_predict import ASTRONAUT_BOX, _bomb_png
 
 LIMIT = 600_000  # bytes: small, so the oversize tests stay small too
@@ -38,7 +40,7 @@ def predictor() -> Predictor:
 
 @pytest.fixture(scope="module")
 def app(predictor):
-    return create_app(predictor, max_upload_bytes=LIMIT, max_pixels=4_000_000)
+    return create_app(predictor, Limits(max_upload_bytes=LIMIT, max_pixels=4_000_000))
 
 
 @pytest.fixture(scope="module")
@@ -193,28 +195,34 @@ def test_concurrent_requests_share_one_model_and_agree(app, astronaut, monkeypat
         assert face["explain"] == (want["explain"] if k % 2 == 0 else None)
 
 
-def test_requests_beyond_the_in_flight_limit_get_503(predictor, astronaut):
+def test_requests_beyond_the_in_flight_limit_get_503_and_readyz_says_busy(predictor, astronaut, monkeypatch):
     import requests
 
-    with running(create_app(predictor, max_in_flight=1)) as url:
-        host, port = url.removeprefix("http://").split(":")
-        # One client announces a large upload and sends only its start: it holds the only slot.
-        with socket.create_connection((host, int(port))) as slow:
-            slow.sendall(
-                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8"
-            )
-            deadline = time.monotonic() + 10
-            while True:
-                r = requests.post(url + "/v1/predict", data=jpeg(astronaut), timeout=10)
-                if r.status_code == 503 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert r.status_code == 503 and r.json()["error"].startswith("busy: 1 requests in progress")
-        deadline = time.monotonic() + 10
-        while (r := requests.post(url + "/v1/predict", data=jpeg(astronaut), timeout=10)).status_code == 503:
-            assert time.monotonic() < deadline, "the slot was never given back"
-            time.sleep(0.05)
+    release = threading.Event()
+    entered = threading.Event()
+    prepare = predictor.prepare
+
+    def held(*args, **kwargs):  # the first request holds the only slot until released
+        entered.set()
+        release.wait(20)
+        return prepare(*args, **kwargs)
+
+    app = create_app(predictor, Limits(max_in_flight=1))
+    with running(app) as url:
+        monkeypatch.setattr(predictor, "prepare", held)
+        first = threading.Thread(target=requests.post, args=(url + "/v1/predict",), kwargs={"data": jpeg(astronaut)})
+        first.start()
+        assert entered.wait(20)
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200  # alive, but
+        ready = requests.get(url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["status"] == "busy"
+        r = requests.post(url + "/v1/predict", data=jpeg(astronaut), timeout=10)
+        assert r.status_code == 503 and r.json()["error"].startswith("busy: 1 requests in progress")
+        monkeypatch.setattr(predictor, "prepare", prepare)
+        release.set()
+        first.join(20)
+        assert requests.get(url + "/readyz", timeout=10).json()["status"] == "ready"
+        r = requests.post(url + "/v1/predict", data=jpeg(astronaut), timeout=10)
         assert r.status_code == 200 and len(r.json()["faces"]) == 1
 
 
@@ -234,16 +242,27 @@ def test_no_file_is_written_per_request(predictor, tmp_path, monkeypatch):
 
 def test_serve_binds_to_loopback_by_default():  # reachable from this machine only, unless asked
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.backend) == ("127.0.0.1", 8000, "torch")
+    assert (args.host, args.port, args.backend) == ("127.0.0.1", 8000, None)  # None: ONNX for the shipped model
 
 
-def test_onnx_server_refuses_explain_with_a_reason(astronaut):
-    client = TestClient(create_app(Predictor.from_pretrained(backend="onnx")))
+def test_the_default_onnx_server_explains_by_loading_pytorch_on_demand(astronaut):
+    predictor = Predictor.from_pretrained()
+    client = TestClient(create_app(predictor))
+    info = client.get("/v1/model").json()
+    assert info["backend"] == "onnx" and info["age"]["head"] == "two_stage" and len(info["age"]["bin_edges"]) == 7
+    plain = client.post("/v1/predict", content=jpeg(astronaut)).json()["faces"][0]
+    assert plain["gender"]["female"] > 0.8 and plain["explain"] is None
+    explained = client.post("/v1/predict?explain=true", content=jpeg(astronaut)).json()["faces"][0]
+    assert set(explained["explain"]) == {"gender", "ethnicity", "age"}
+    assert explained["age"] == pytest.approx(plain["age"], abs=1e-6)  # the answers still come from ONNX
+
+
+def test_a_server_of_an_onnx_file_refuses_explain_with_a_reason(astronaut):
+    client = TestClient(create_app(Predictor.from_onnx(pretrained_path(suffix=".onnx"))))
     assert client.get("/v1/model").json()["backend"] == "onnx"
-    assert client.post("/v1/predict", content=jpeg(astronaut)).json()["faces"][0]["gender"]["female"] > 0.8
     for body in (jpeg(astronaut), png(Image.new("RGB", (64, 64)))):  # refused before any work, face or not
         r = client.post("/v1/predict?explain=true", content=body)
-        assert r.status_code == 422 and "PyTorch backend" in r.json()["error"]
+        assert r.status_code == 422 and "needs the PyTorch weights" in r.json()["error"]
 
 
 # --- the API against its own OpenAPI schema ----------------------------------------------------
@@ -259,9 +278,12 @@ def test_api_conforms_to_its_openapi_schema(app):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} == {
         "GET /healthz",
+        "GET /readyz",
         "GET /v1/model",
         "POST /v1/predict",
     }
+    # One error shape: nothing in the schema is FastAPI's own {"detail": ...} validation body.
+    assert "HTTPValidationError" not in json.dumps(app.openapi())
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -340,7 +362,6 @@ def test_page_shows_a_prediction_and_grad_cam_in_chromium(browser, server_url, a
 
 
 def test_serve_refuses_a_taken_port_in_one_line(capsys):
-    import socket
 
     from faceattr.cli import main
 

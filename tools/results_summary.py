@@ -231,6 +231,28 @@ def main() -> None:
             )
             print(f"\n- slowest imports of `faceattr predict` (`python -X importtime`): {slow}")
 
+    r = load("serve_abuse.json")
+    if r:
+        print(f"\n`{r['command']}` (server in its own process, default limits):\n")
+        u, sl, w, m = r["unloaded"], r["slow_clients"], r["worst_case_uploads"], r["mixed"]
+        print("| case | result |\n|---|---|")
+        print(f"| unloaded, one good client | p50 {u['p50_ms']} ms, p95 {u['p95_ms']} ms, statuses {u['statuses']} |")
+        print(
+            f"| {sl['clients']} slow clients for {sl['seconds']:.0f} s (a byte every {sl['byte_every_s']:g} s), "
+            f"good client beside them | p50 {sl['good']['p50_ms']} ms, p95 {sl['good']['p95_ms']} ms "
+            f"({sl['p95_ratio']}× unloaded), statuses {sl['good']['statuses']}; slow clients got {sl['slow_answers']} |"
+        )
+        print(
+            f"| {w['parallel']} parallel uploads of a {w['file_bytes']:,}-byte {w['image']}, {w['rounds']} rounds | "
+            f"statuses {w['statuses']}, p50 {w['seconds_p50']} s, peak RSS {w['peak_rss_gb']} GB, "
+            f"RSS afterwards {w['rss_after_gb']} GB (at start {r['rss_at_start_gb']} GB) |"
+        )
+        print(
+            f"| {m['clients']} clients for {m['seconds']:.0f} s, good and bad requests mixed | "
+            f"server errors (5xx other than 503): {m['server_errors']}; tracebacks in the server log: "
+            f"{r['server_log']['tracebacks']} |"
+        )
+        print(f"\n- targets met: {r['targets']['met']}")
     r = load("bench_serve.json")
     if r:
         print(

@@ -139,7 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model", type=Path, help="run folder, checkpoint or .onnx file (default: the shipped weights)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default; Grad-CAM) or onnx")
+    p.add_argument(
+        "--backend",
+        choices=["onnx", "torch"],
+        help="default: onnx for the shipped weights and .onnx files (Grad-CAM loads PyTorch on demand), torch for runs",
+    )
+    p.add_argument(
+        "--token",
+        help="API token every /v1 call must carry (Authorization: Bearer ...); required with a non-loopback --host "
+        "(or set FACEATTR_TOKEN)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
     p = sub.add_parser("explain", help="Grad-CAM of every head: overlay grids, mean maps, randomisation check")
@@ -332,7 +341,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
     except OSError as e:
         raise InputError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
-    return serve(args.model, args.host, args.port, args.backend, args.device)
+    return serve(args.model, args.host, args.port, args.backend, args.device, token=args.token)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

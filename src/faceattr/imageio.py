@@ -28,6 +28,13 @@ except ImportError:  # pragma: no cover - the dependency is installed with facea
     pass
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# Bytes per pixel that decoding a photo of each mode and turning it into 8-bit RGB holds at
+# once (Pillow keeps RGB, RGBA and CMYK in 4 bytes a pixel; 16-bit and 32-bit gray go through
+# an 8-bit gray copy, converted in strips): the memory budget of a request is counted with it.
+HELD_BYTES_PER_PIXEL = {"RGB": 4, "L": 5, "P": 5, "1": 5, "I": 9, "F": 9, "CMYK": 8}
+HELD_BYTES_PER_PIXEL |= dict.fromkeys(SIXTEEN_BIT, 7) | dict.fromkeys(ALPHA_MODES, 8)
+ROTATION_BYTES_PER_PIXEL = 4  # an EXIF rotation makes an upright copy
+STRIP_ROWS = 256  # rows of a 16/32-bit gray image converted at a time
 
 
 class ImageLoadError(InputError):
@@ -56,10 +63,12 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
 
 
 def load_photo(
-    source: ImageSource, max_pixels: int | None = None, min_side: int | None = None
+    source: ImageSource, max_pixels: int | None = None, min_side: int | None = None, max_bytes: int | None = None
 ) -> tuple[Image.Image, tuple[float, float]]:
     """``load_image``, decoding a JPEG at a reduced size (1/2, 1/4 or 1/8, straight from its
     DCT, much faster than decoding it whole) while its longer side stays >= ``min_side``.
+    A photo whose decoding would hold more than ``max_bytes`` (``decode_bytes``) is refused
+    from its header, before decoding.
 
     Returns the upright RGB image and (sx, sy): photo pixels per image pixel (1.0, 1.0 when
     decoded whole), so coordinates found in the image map back to the photo.
@@ -83,6 +92,13 @@ def load_photo(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 _check_size(im.size, limit, label)
+                if max_bytes is not None and (cost := decode_bytes(im)) > max_bytes:
+                    raise ImageLoadError(
+                        f"{label}: {im.size[0]}x{im.size[1]} {im.mode} image would take about {cost / 1e6:.0f} MB "
+                        f"to decode; the limit is {max_bytes / 1e6:.0f} MB (16-bit, transparent and rotated photos "
+                        "cost more per pixel)",
+                        "too_large",
+                    )
                 full = im.size
                 if min_side is not None and im.format == "JPEG" and max(full) > 2 * min_side:
                     k = max(full) / min_side
@@ -106,6 +122,29 @@ def load_photo(
         raise ImageLoadError(f"{label}: corrupt or unreadable image ({type(e).__name__}: {_first_line(e)})") from None
 
 
+def decode_bytes(im: Image.Image) -> int:
+    """About how many bytes decoding this opened (not yet loaded) image and converting it to
+    upright 8-bit RGB holds at once, at its full size (a reduced JPEG decode may need the whole
+    photo later for a small face)."""
+    w, h = im.size
+    per_pixel = HELD_BYTES_PER_PIXEL.get(im.mode, 8)
+    if _orientation(im) not in (1, 0):
+        per_pixel += ROTATION_BYTES_PER_PIXEL
+    return w * h * per_pixel
+
+
+def probe_bytes(data: bytes) -> int | None:
+    """``decode_bytes`` of encoded image bytes, from the header alone; None if Pillow cannot
+    identify them (decoding then fails with its own reason)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return decode_bytes(im)
+    except Exception:
+        return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:120] if text else "no detail"
@@ -115,8 +154,8 @@ def _check_size(size: tuple[int, int], limit: int | None, label: str) -> None:
     w, h = size
     if limit is not None and w * h > limit:
         raise ImageLoadError(
-            f"{label}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels, "
-            f"limit {limit:,}; raise PIL.Image.MAX_IMAGE_PIXELS if the photo is genuine)",
+            f"{label}: refused as a possible decompression bomb ({w}x{h} = {w * h:,} pixels, over the limit of "
+            f"{limit:,})",
             "too_large",
         )
     if w < 1 or h < 1:
@@ -133,6 +172,8 @@ def _orientation(im: Image.Image) -> int:
 def _upright(im: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a malformed EXIF block is common in the wild and must not cost
     the photo, so it leaves the image as stored."""
+    if _orientation(im) in (0, 1):
+        return im  # exif_transpose would still copy the whole photo
     try:
         return ImageOps.exif_transpose(im)
     except Exception:
@@ -143,26 +184,42 @@ def to_rgb8(im: Image.Image) -> Image.Image:
     """8-bit RGB from any Pillow mode. 16-bit and 32-bit gray are scaled (not clipped) to 0..255;
     transparent areas become white, as a viewer shows them on a page."""
     if im.mode == "RGB":
-        return im.copy()
+        return im  # already what the predictor reads, and never written to: no copy
     if im.mode in SIXTEEN_BIT or im.mode in ("I", "F"):
-        return Image.fromarray(_gray_to_u8(np.asarray(im), im.mode)).convert("RGB")
+        return _wide_gray_to_l(im).convert("RGB")
     if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba.getchannel("A"))  # alpha over white, without a second RGBA copy
+        return white
     try:
         return im.convert("RGB")
     except ValueError as e:
         raise ImageLoadError(f"colour mode {im.mode} cannot be converted to RGB ({e})") from None
 
 
-def _gray_to_u8(a: np.ndarray, mode: str) -> np.ndarray:
-    a = a.astype(np.float64)
-    if mode in SIXTEEN_BIT or (mode == "I" and a.size and a.max() > 255):
-        a = a / 257.0  # 65535 -> 255
-    elif mode == "F" and a.size and a.max() <= 1.0:
-        a = a * 255.0
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+def _wide_gray_to_l(im: Image.Image) -> Image.Image:
+    """16-bit or 32-bit gray -> 8-bit gray, in strips of rows, so a large photo never needs a
+    float64 copy of itself (a 40-megapixel 16-bit PNG would otherwise take ~1 GB)."""
+    w, h = im.size
+    out = np.empty((h, w), np.uint8)
+    scale = _gray_scale(im)
+    for top in range(0, h, STRIP_ROWS):
+        strip = np.asarray(im.crop((0, top, w, min(h, top + STRIP_ROWS))), dtype=np.float32)
+        out[top : top + len(strip)] = np.clip(np.rint(strip * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def _gray_scale(im: Image.Image) -> float:
+    """What 16-bit and wide gray values are multiplied by to land in 0..255."""
+    if im.mode in SIXTEEN_BIT:
+        return 1 / 257.0  # 65535 -> 255
+    low, high = im.getextrema()
+    if im.mode == "I" and high > 255:
+        return 1 / 257.0
+    if im.mode == "F" and high <= 1.0:
+        return 255.0
+    return 1.0
 
 
 def _from_array(a: np.ndarray) -> Image.Image:

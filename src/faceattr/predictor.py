@@ -79,6 +79,7 @@ class FileResult:
     faces: list[Face]
     error: str | None = None
     error_kind: str | None = None  # ImageLoadError.kind of the error
+    size: tuple[int, int] | None = None  # width, height of the (upright) photo
 
 
 @dataclass
@@ -91,6 +92,7 @@ class PendingPhoto:
     chips: list[np.ndarray]
     error: str | None = None
     error_kind: str | None = None
+    size: tuple[int, int] | None = None
 
 
 class Predictor:
@@ -133,6 +135,8 @@ class Predictor:
         self.detector_options = {"min_score": min_score, "max_side": max_side, "min_face_size": min_face_size}
         self.batch_size = batch_size
         self.threads = threads
+        self.weights: Path | None = None  # the PyTorch checkpoint behind the model (Grad-CAM needs it)
+        self.age_decoding: dict | None = None  # {"head", "bin_edges"} of the age head, if any
         self._detector: FaceDetector | None = None
 
     @property
@@ -154,6 +158,7 @@ class Predictor:
         if backend == "onnx":
             predictor = cls.from_onnx(pretrained_path(name, ".onnx"), device=device, **options)
             predictor.source = f"pretrained:{predictor.runner.metadata.get('faceattr.model', name)}"
+            predictor.weights = pretrained_path(name)
             return predictor
         return cls.from_checkpoint(pretrained_path(name), device=device, backend="torch", **options)
 
@@ -170,6 +175,7 @@ class Predictor:
         from faceattr.checkpoint import load_checkpoint
         from faceattr.device import select_device
         from faceattr.inference import inference_model, onnx_bytes
+        from faceattr.runs import checkpoint_path
 
         ckpt = load_checkpoint(path)
         calibration = calibration_of(ckpt, path)
@@ -186,6 +192,9 @@ class Predictor:
         release = ckpt.get("release")
         label = f"pretrained:{release['name']}" if release and _is_packaged(path) else str(path)
         predictor = cls(runner, size, gray, bool(temperature), label, release, device=str(torch_device), **options)
+        predictor.weights = checkpoint_path(path)
+        if model.age is not None:
+            predictor.age_decoding = {"head": model.age.head, "bin_edges": list(model.age.edges)}
         if "age_low" in model.output_names:
             predictor.age_range_coverage = float(calibration["age_interval"]["coverage"])
         return predictor
@@ -204,6 +213,8 @@ class Predictor:
         predictor = cls(runner, size, channels == 1, calibrated, str(path), release, device=device, **options)
         if "age_low" in runner.output_names and "faceattr.age_range_coverage" in meta:
             predictor.age_range_coverage = float(meta["faceattr.age_range_coverage"])
+        if "faceattr.age" in meta:
+            predictor.age_decoding = json.loads(meta["faceattr.age"])
         return predictor
 
     @property
@@ -245,32 +256,41 @@ class Predictor:
                 pending, n_chips = [], 0
         yield from self.finish(pending)
 
-    def prepare(self, source: ImageSource, detect: bool = True) -> PendingPhoto:
+    def prepare(
+        self, source: ImageSource, detect: bool = True, max_pixels: int | None = None, max_bytes: int | None = None
+    ) -> PendingPhoto:
         """Decode, detect and align one input (thread-safe: the bulk command runs it in workers).
+        ``max_pixels`` / ``max_bytes``: refuse larger photos from their header (``load_photo``).
 
         A JPEG is decoded at reduced size for detection when it is much larger than the
         detector's copy; a face that the reduced image would give fewer than two pixels per
         model input pixel (across and down) is cut from the photo decoded whole."""
         label = str(source) if isinstance(source, str | Path) else f"<{type(source).__name__}>"
         try:
-            image, scale = load_photo(source, min_side=self.detector_options["max_side"] if detect else None)
+            limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
+            min_side = self.detector_options["max_side"] if detect else None
+            image, scale = load_photo(source, min_side=min_side, **limits)
+            size = (round(image.size[0] * scale[0]), round(image.size[1] * scale[1]))
             if not detect:
                 w, h = image.size
-                return PendingPhoto(label, [((0.0, 0.0, float(w), float(h)), None, None)], [self.chip(image)])
+                return PendingPhoto(
+                    label, [((0.0, 0.0, float(w), float(h)), None, None)], [self.chip(image)], size=size
+                )
             faces = self.detector.detect(image)
             full, full_scale = image, scale
             if scale != (1.0, 1.0) and any(chip_scale(d.landmarks, self.size) > MIN_DETAIL for d in faces):
-                full, full_scale = load_photo(source)
+                full, full_scale = load_photo(source, **limits)
         except ImageLoadError as e:
             return PendingPhoto(label, [], [], error=str(e), error_kind=e.kind)
         boxes, chips = [], []
         to_full = np.array(scale) / np.array(full_scale)  # reduced image -> the image the chips come from
         for d in faces:
             landmarks = d.landmarks * np.array(scale)  # in the photo's pixels
-            box = tuple(float(v) for v in d.box * np.tile(scale, 2))
-            boxes.append((box, d.score, landmarks))
+            # MTCNN's square boxes may reach past the photo; report the part inside it.
+            box = np.clip(d.box * np.tile(scale, 2), 0, np.tile(size, 2))
+            boxes.append((tuple(float(v) for v in box), d.score, landmarks))
             chips.append(self.chip(align_face(full, d.landmarks * to_full)))
-        return PendingPhoto(label, boxes, chips)
+        return PendingPhoto(label, boxes, chips, size=size)
 
     def chip(self, image: Image.Image) -> np.ndarray:
         """The model input from an aligned (or ready) chip: the training recipe at this model's size."""
@@ -286,7 +306,7 @@ class Predictor:
             for (box, score, landmarks), chip in zip(p.boxes, p.chips):
                 faces.append(Face(box, score, landmarks, chip=chip, **attrs[k]))
                 k += 1
-            yield FileResult(p.source, faces, p.error, p.error_kind)
+            yield FileResult(p.source, faces, p.error, p.error_kind, p.size)
 
     def attributes(self, chips: np.ndarray) -> list[dict]:
         """age / gender / ethnicity of each model-ready chip, uint8 (N, S, S[, 3])."""

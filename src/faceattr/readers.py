@@ -83,7 +83,7 @@ def _parse_label(value: str, name: str, low: int, high: int) -> tuple[int | None
 
 
 @contextlib.contextmanager
-def _open_csv_text(path: Path) -> Iterator[io.TextIOBase]:
+def _open_csv_text(path: Path) -> Iterator[Iterator[str]]:
     """Open a .csv, .csv.gz or a .zip holding exactly one .csv, as text.
 
     In a .zip, macOS metadata (``__MACOSX/`` and ``._name`` files) is ignored.
@@ -107,7 +107,22 @@ def _open_csv_text(path: Path) -> Iterator[io.TextIOBase]:
             raw = stack.enter_context(gzip.open(path, "rb"))
         else:
             raw = stack.enter_context(open(path, "rb"))
-        yield stack.enter_context(io.TextIOWrapper(raw, **text))
+        yield bounded_lines(stack.enter_context(io.TextIOWrapper(raw, **text)), path)
+
+
+MAX_LINE_CHARS = 1_000_000  # a 48x48 Kaggle row is about 10,000 characters
+
+
+def bounded_lines(f: io.TextIOBase, path: Path, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text file, refusing one longer than ``limit`` characters as soon as its
+    first ``limit`` are read: a file with no line breaks (a binary blob, a truncated dump) ends
+    with one line of error instead of being read whole into memory first."""
+    for number, line in enumerate(iter(lambda: f.readline(limit + 1), ""), 1):
+        if len(line) > limit:
+            raise InputError(
+                f"{path}:{number}: a line longer than {limit:,} characters; expected a CSV with one face per line"
+            )
+        yield line
 
 
 def _macos_metadata(member: str) -> bool:

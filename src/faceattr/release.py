@@ -235,6 +235,11 @@ def export(
             # Ties the graph to the weight file it was built from (the packaged pair must agree).
             **({"faceattr.weights_sha256": sha256(path)} if path.is_file() and weights is None else {}),
             **({"faceattr.release": json.dumps(ckpt["release"])} if ckpt.get("release") else {}),
+            **(
+                {"faceattr.age": json.dumps({"head": ckpt["age"]["head"], "bin_edges": list(ckpt["age"]["edges"])})}
+                if ckpt.get("age")
+                else {}
+            ),
         }
         data = onnx_bytes(model, channels, size, metadata)
         if prepared is not None:

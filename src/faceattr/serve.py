@@ -1,45 +1,90 @@
 """`faceattr serve`: the predictor behind a small HTTP API (FastAPI) and one static page.
 
-One Predictor is built at start-up and shared by every request: PyTorch inference is
-thread-safe, so requests run concurrently in the server's thread pool; Grad-CAM adds hooks to
-the network, so it runs on a copy of its own, one explanation at a time. Uploads are read into memory up to a limit (never to
-disk: multipart bodies are parsed from memory, not spooled to temporary files), images are
-checked against a pixel limit before decoding, and each refusal has its own status code and a
-one-line reason. At most ``max_in_flight`` requests hold an upload at a time; more get 503.
+One Predictor is built at start-up and shared by every request (ONNX Runtime by default;
+sessions are thread-safe), so requests run concurrently in the server's thread pool; Grad-CAM
+loads the PyTorch network on first use and runs on a copy of its own, one explanation at a time.
+
+What a hostile or careless client meets (``Limits``): an upload is read into memory (never to
+disk) within a deadline and an idle timeout, without holding a processing slot; at most
+``max_in_flight`` requests decode and predict at once (more get 503, and ``/readyz`` says so
+while ``/healthz`` stays about liveness); each photo's decoding memory is estimated from its
+header (bytes per pixel by mode) and refused over a per-request budget, and all requests
+together stay under a server-wide one. Every refusal is ``{"error": "..."}`` with its status.
+Bound to a loopback address the server answers only requests whose Host is that address and
+refuses cross-origin POSTs from browsers (DNS rebinding, drive-by pages); bound elsewhere it
+needs a token on every API call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import copy
+import ctypes
+import hmac
 import io
+import ipaddress
+import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.staticfiles import StaticFiles
 
 from faceattr import __version__
-from faceattr.imageio import ImageLoadError, load_image
+from faceattr.imageio import probe_bytes
+from faceattr.inputerror import InputError
 from faceattr.labels import CLASS_NAMES
 from faceattr.predictor import Face, Predictor, load_predictor
 
-MAX_UPLOAD_BYTES = 10_000_000  # 10 MB
-MAX_PIXELS = 40_000_000  # a 40-megapixel photo; a larger header is refused before decoding
-MAX_IN_FLIGHT = 8  # requests holding an upload at once (each up to ~120 MB decoded at 40 Mpx)
 EXPLAIN_SIZE = 144  # side of the Grad-CAM overlays sent to the page (the model sees 48x48)
 STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "corrupt": 422, "missing": 422}
+TOKEN_ENV = "FACEATTR_TOKEN"
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/openapi.json")  # answered without the token
+TRIM_AFTER_BYTES = 32_000_000  # after a request this large, hand freed memory back to the system
+log = logging.getLogger("faceattr.serve")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request and the whole server may take. Memory is counted as the bytes decoding
+    a photo holds (``imageio.decode_bytes``: 4 a pixel for RGB, 7 for 16-bit gray, 8 with
+    transparency, plus 4 for an EXIF rotation), so a small file of many pixels is refused from
+    its header, before any decoding."""
+
+    max_upload_bytes: int = 10_000_000  # 10 MB
+    max_pixels: int = 40_000_000  # a 40-megapixel photo
+    max_in_flight: int = 8  # requests decoding and predicting at once; more get 503
+    max_reading: int = 64  # uploads being received at once; more get 503
+    body_timeout: float = 30.0  # seconds for a whole upload
+    idle_timeout: float = 5.0  # seconds without a byte from the client
+    request_bytes: int = 400_000_000  # decoding memory of one request
+    server_bytes: int = 1_200_000_000  # decoding memory of all requests together
+    memory_wait: float = 10.0  # seconds a request waits for memory before 503
+
+
+MAX_UPLOAD_BYTES = Limits.max_upload_bytes
+MAX_PIXELS = Limits.max_pixels
+MAX_IN_FLIGHT = Limits.max_in_flight
 
 
 class Problem(BaseModel):
@@ -102,10 +147,14 @@ class ModelInfo(BaseModel):
 
 
 ERRORS = {
-    413: {"model": Problem, "description": "upload or image too large"},
+    400: {"model": Problem, "description": "Host header not this server's"},
+    401: {"model": Problem, "description": "missing or wrong token (server bound to a non-loopback address)"},
+    403: {"model": Problem, "description": "cross-origin request from a browser"},
+    408: {"model": Problem, "description": "upload too slow (deadline or idle timeout)"},
+    413: {"model": Problem, "description": "upload or image too large (bytes, pixels or decoding memory)"},
     415: {"model": Problem, "description": "not an image"},
-    422: {"model": Problem, "description": "corrupt image or bad request"},
-    503: {"model": Problem, "description": "too many requests in progress; retry"},
+    422: {"model": Problem, "description": "corrupt image or bad request (e.g. a query parameter)"},
+    503: {"model": Problem, "description": "too many requests in progress, or not enough memory now; retry"},
 }
 BODY_DOC = {
     "requestBody": {
@@ -139,20 +188,67 @@ class Refused(Exception):
         self.status = status
 
 
+class Gone(Exception):
+    """The client went away before its upload was complete."""
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready, or busy when every processing slot is taken")
+    in_flight: int = Field(description="requests decoding and predicting now")
+    capacity: int = Field(description="at most this many at once")
+    reading: int = Field(description="uploads being received now")
+    memory_bytes: int = Field(description="decoding memory held by requests now (estimated)")
+
+
+class MemoryBudget:
+    """A server-wide allowance of decoding memory: a request takes its estimate before it
+    decodes and gives it back after, waiting a while when others hold too much."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self.cond = threading.Condition()
+
+    def take(self, n: int, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.used + n <= self.total, timeout) and self._add(n)
+
+    def _add(self, n: int) -> bool:
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+def trim_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise, so a server that
+    once decoded eight large photos would hold their memory for good)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def create_app(
     predictor: Predictor,
-    max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS,
-    max_in_flight: int = MAX_IN_FLIGHT,
+    limits: Limits | None = None,
+    allowed_hosts: set[str] | None = None,
+    token: str | None = None,
 ) -> FastAPI:
-    """The ASGI app around one shared ``predictor``."""
+    """The ASGI app around one shared ``predictor``. ``allowed_hosts``: the Host names it
+    answers (None: any, for a server bound beyond loopback, which then needs ``token``)."""
+    limits = limits or Limits()
     app = FastAPI(
         title="faceattr",
         version=__version__,
         description="Gender, ethnicity and age of every face in a photo, with calibrated probabilities "
         "and Grad-CAM explanations. " + INTENDED_USE,
+        docs_url=None,
+        redoc_url=None,
     )
-    slots = threading.BoundedSemaphore(max_in_flight)
+    slots = threading.BoundedSemaphore(limits.max_in_flight)
+    memory = MemoryBudget(limits.server_bytes)
+    state = {"in_flight": 0, "reading": 0}
     explainer = Explainer(predictor)
     release = predictor.release or {}
     model_ref = ModelRef(
@@ -163,10 +259,21 @@ def create_app(
         calibrated=predictor.calibrated,
     )
     predictor.detector  # build MTCNN now, once, not inside the first requests  # noqa: B018
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, token=token)
+    install_error_handlers(app)
+    from swagger_ui_bundle import swagger_ui_path  # the docs page's script and style, offline
 
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="faceattr API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -174,11 +281,24 @@ def create_app(
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
+        """Liveness: the process answers (see /readyz for whether it has room for work)."""
         return Health(status="ok", model=model_ref.name)
 
-    @app.get("/v1/model", response_model=ModelInfo)
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "saturated"}})
+    def readyz() -> JSONResponse:
+        """Readiness: 503 while every processing slot is taken."""
+        busy = state["in_flight"] >= limits.max_in_flight
+        body = Ready(
+            status="busy" if busy else "ready",
+            in_flight=state["in_flight"],
+            capacity=limits.max_in_flight,
+            reading=state["reading"],
+            memory_bytes=memory.used,
+        )
+        return JSONResponse(body.model_dump(), status_code=503 if busy else 200)
+
+    @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS)
     def model_info() -> ModelInfo:
-        spec = predictor.torch_model.age if predictor.torch_model is not None else None
         metrics = None
         if release:
             metrics = {
@@ -194,11 +314,16 @@ def create_app(
             calibrated=predictor.calibrated,
             input=f"{predictor.size}x{predictor.size} {'gray' if predictor.gray else 'RGB'} aligned face",
             classes={t: list(v) for t, v in CLASS_NAMES.items()},
-            age=None if spec is None else {"head": spec.head, "bin_edges": list(spec.edges)},
+            age=predictor.age_decoding,
             metrics=metrics,
             age_range_coverage=predictor.age_range_coverage,
             intended_use=INTENDED_USE,
-            limits={"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight},
+            limits={
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_pixels": limits.max_pixels,
+                "max_in_flight": limits.max_in_flight,
+                "max_decode_bytes": limits.request_bytes,
+            },
         )
 
     @app.post("/v1/predict", response_model=Prediction, responses=ERRORS, openapi_extra=BODY_DOC)
@@ -208,40 +333,146 @@ def create_app(
         detect: bool = Query(True, description="false: the whole image is one ready face chip"),
     ) -> Prediction:
         started = time.perf_counter()
-        if explain and predictor.torch_model is None:
-            raise Refused(422, "explain=true needs the PyTorch backend (this server runs ONNX Runtime)")
-        # A bounded number of requests hold an upload and a decoded photo at once; the rest are
-        # told to come back rather than queueing photos in memory.
-        if not slots.acquire(blocking=False):
-            raise Refused(503, f"busy: {max_in_flight} requests in progress; retry shortly")
+        if explain and not explainer.available:
+            raise Refused(422, "explain=true needs the PyTorch weights; this server runs an .onnx file")
+        # Receiving an upload holds no processing slot, so slow clients cannot starve the rest;
+        # the number of uploads in the air is bounded on its own.
+        if state["reading"] >= limits.max_reading:
+            raise Refused(503, f"busy: {limits.max_reading} uploads being received; retry shortly")
+        state["reading"] += 1
         try:
-            data = await read_upload(request, max_upload_bytes)
-            # Decoding, detection and Grad-CAM run in the thread pool, never on the event loop.
-            (w, h), faces, overlays = await run_in_threadpool(answer, data, detect, explain)
+            data = await read_upload(request, limits)
         finally:
+            state["reading"] -= 1
+        cost = probe_bytes(data) or 0
+        if cost > limits.request_bytes:
+            raise Refused(
+                413,
+                f"upload: decoding this image would take about {cost / 1e6:.0f} MB; the limit is "
+                f"{limits.request_bytes / 1e6:.0f} MB (16-bit, transparent and rotated photos cost more per pixel)",
+            )
+        # A bounded number of requests decode and predict at once; the rest are told to come
+        # back rather than queueing photos in memory.
+        if not slots.acquire(blocking=False):
+            raise Refused(503, f"busy: {limits.max_in_flight} requests in progress; retry shortly")
+        state["in_flight"] += 1
+        try:
+            # Decoding, detection and Grad-CAM run in the thread pool, never on the event loop.
+            size, faces, overlays = await run_in_threadpool(answer, data, detect, explain, cost)
+        finally:
+            state["in_flight"] -= 1
             slots.release()
         out = [FaceOut(**f.to_dict()) for f in faces]
         for face, maps in zip(out, overlays or []):
             face.explain, face.explain_empty = maps["explain"], maps["explain_empty"]
         return Prediction(
-            model=model_ref, image={"width": w, "height": h}, faces=out, seconds=round(time.perf_counter() - started, 4)
+            model=model_ref,
+            image={"width": size[0], "height": size[1]},
+            faces=out,
+            seconds=round(time.perf_counter() - started, 4),
         )
 
-    def answer(data: bytes, detect: bool, explain: bool):
+    def answer(data: bytes, detect: bool, explain: bool, cost: int):
+        if not memory.take(cost, limits.memory_wait):
+            raise Refused(503, "busy: not enough memory for this photo now; retry shortly")
         try:
-            image = load_image(data, max_pixels=max_pixels)
-        except ImageLoadError as e:
-            raise Refused(STATUS_FOR_KIND.get(e.kind, 422), "upload: " + str(e).removeprefix("<bytes>: ")) from None
-        faces = predictor.predict(image, detect)
-        overlays = explainer.explain(faces) if explain and faces else None
-        return image.size, faces, overlays
+            pending = predictor.prepare(data, detect, max_pixels=limits.max_pixels, max_bytes=limits.request_bytes)
+            if pending.error:
+                status = STATUS_FOR_KIND.get(pending.error_kind, 422)
+                raise Refused(status, "upload: " + pending.error.removeprefix("<bytes>: "))
+            result = next(predictor.finish([pending]))
+        finally:
+            memory.give(cost)
+            if cost > TRIM_AFTER_BYTES:
+                trim_memory()
+        overlays = explainer.explain(result.faces) if explain and result.faces else None
+        return result.size, result.faces, overlays
 
     return app
 
 
-async def read_upload(request: Request, limit: int) -> bytes:
+def install_error_handlers(app: FastAPI) -> None:
+    """One error shape everywhere: ``{"error": "one line"}`` with the status."""
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = " ".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Gone)
+    async def gone(request: Request, exc: Gone) -> JSONResponse:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.warning("%s disconnected during its upload (%s)", client, exc)
+        return JSONResponse({"error": "client disconnected"}, status_code=400)
+
+
+class Guard:
+    """ASGI middleware in front of every route: the Host check (DNS rebinding), the Origin
+    check for browser POSTs (a page elsewhere must not make this server work) and the token."""
+
+    def __init__(self, app, allowed_hosts: set[str] | None, token: str | None):
+        self.app, self.allowed_hosts, self.token = app, allowed_hosts, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            problem = self.check(scope["method"], scope["path"], headers)
+            if problem is not None:
+                await JSONResponse({"error": problem[1]}, status_code=problem[0])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
+            return 400, f"Host {host!r} is not this server's name; open it as http://127.0.0.1:PORT/"
+        origin = headers.get("origin")
+        if method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            origin_host = urlsplit(origin).netloc
+            same = host_name(origin_host) in self.allowed_hosts if self.allowed_hosts is not None else False
+            if not (same or origin_host == host):
+                return 403, f"cross-origin request from {origin} refused"
+        if self.token and path not in OPEN_PATHS and not path.startswith("/docs-assets/"):
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or headers.get("x-faceattr-token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return 401, "missing or wrong token: send Authorization: Bearer <token>"
+        return None
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header value ('127.0.0.1:8000' -> '127.0.0.1', '[::1]:80' -> '::1')."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+async def read_upload(request: Request, limits: Limits) -> bytes:
     """The image bytes of a request (raw body or the first file of a multipart form), read into
-    memory and refused with 413 as soon as the body passes ``limit`` bytes."""
+    memory: refused with 413 as soon as the body passes the byte limit, with 408 when the whole
+    upload takes longer than ``body_timeout`` or the client sends nothing for ``idle_timeout``."""
+    limit = limits.max_upload_bytes
     # A multipart envelope adds a few hundred bytes around the file: the body may exceed the
     # limit by this much, and the file itself is checked once parsed.
     body_limit = limit + 64 * 1024
@@ -249,7 +480,24 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         raise Refused(413, f"upload of {int(declared):,} bytes; the limit is {limit:,} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    deadline = time.monotonic() + limits.body_timeout
+    while True:
+        wait = min(limits.idle_timeout, deadline - time.monotonic())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise Refused(
+                408,
+                f"upload too slow: {size:,} bytes received; send the whole photo within "
+                f"{limits.body_timeout:g} s, with no pause over {limits.idle_timeout:g} s",
+            ) from None
+        except ClientDisconnect:
+            raise Gone(f"after {size:,} bytes") from None
         size += len(chunk)
         if size > body_limit:
             raise Refused(413, f"upload over {limit:,} bytes")
@@ -310,23 +558,34 @@ def first_file(body: bytes, boundary: bytes | None) -> bytes:
 
 
 class Explainer:
-    """Grad-CAM for the server. It runs on its own copy of the network, made on first use:
-    Grad-CAM hooks the layer it explains, and hooks on the shared model would also fire (and
-    mix activations) for the plain predictions running beside it. One explanation at a time."""
+    """Grad-CAM for the server. It runs on its own copy of the network, made on first use (on
+    the ONNX backend, from the PyTorch weights the graph was exported from): Grad-CAM hooks the
+    layer it explains, and hooks on a shared model would also fire (and mix activations) for
+    the plain predictions running beside it. One explanation at a time."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.lock = threading.Lock()
         self.net = None
+        self.model = predictor.torch_model
+
+    @property
+    def available(self) -> bool:
+        return self.model is not None or self.predictor.weights is not None
 
     def explain(self, faces: list[Face]) -> list[dict]:
         """Per face: Grad-CAM overlays (PNG data URLs) for each head's own prediction, and the
         heads whose map came out empty."""
         from faceattr.explain import cam_overlays
 
-        model = self.predictor.torch_model
         chips = np.stack([f.chip for f in faces])
         with self.lock:
+            if self.model is None:  # the same weights and calibration, on PyTorch
+                torch_predictor = Predictor.from_checkpoint(
+                    self.predictor.weights, device=self.predictor.device, backend="torch"
+                )
+                self.model = torch_predictor.torch_model
+            model = self.model
             if self.net is None:
                 self.net = copy.deepcopy(model.net).eval()
             maps = cam_overlays(
@@ -376,12 +635,34 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float
         thread.join(timeout)
 
 
-def serve(model: str | None, host: str, port: int, backend: str, device: str, log_level: str = "info") -> int:
-    """`faceattr serve`: load the model once and run uvicorn until interrupted."""
+def serve(
+    model: str | None,
+    host: str,
+    port: int,
+    backend: str | None,
+    device: str,
+    token: str | None = None,
+    log_level: str = "info",
+) -> int:
+    """`faceattr serve`: load the model once and run uvicorn until interrupted. Bound to a
+    loopback address, only that Host is answered; bound elsewhere, a token is required."""
     import uvicorn
 
+    token = token or os.environ.get(TOKEN_ENV) or None
+    loopback = is_loopback(host)
+    if not loopback and not token:
+        raise InputError(
+            f"--host {host} is reachable from other machines: pass --token TOKEN (or set {TOKEN_ENV}) so that "
+            "only clients that know it are answered"
+        )
     predictor = load_predictor(model, backend, device)
-    app = create_app(predictor)
+    app = create_app(predictor, allowed_hosts=LOOPBACK_NAMES | {host} if loopback else None, token=token)
+    if not loopback:
+        print(
+            f"faceattr serve: warning: listening on {host}, reachable from other machines; every API call must "
+            "carry the token (Authorization: Bearer ...)",
+            flush=True,
+        )
     print(f"faceattr serve: {predictor.source} on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
     return 0
