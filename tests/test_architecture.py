@@ -27,8 +27,9 @@ TRAINING_SIDE = {
 }  # fmt: skip
 HEAVY = {"sklearn", "matplotlib", "tqdm", "torchvision"}
 # Lazy imports that are allowed to reach the training side: Grad-CAM on demand (serve's
-# ?explain=true) and the CLI's training, evaluation and export commands.
-ON_DEMAND = {("serve", "explain")} | {("cli", m) for m in TRAINING_SIDE}
+# ?explain=true) and the CLI's training, evaluation, export and audit commands (the audit's
+# report draws plots).
+ON_DEMAND = {("serve", "explain")} | {("cli", m) for m in TRAINING_SIDE | {"audit"}}
 
 
 def module_imports(path: Path, package: str = "faceattr") -> tuple[set[str], set[str]]:

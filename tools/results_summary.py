@@ -231,6 +231,52 @@ def main() -> None:
             )
             print(f"\n- slowest imports of `faceattr predict` (`python -X importtime`): {slow}")
 
+    r = load("audit_accuracy.json")
+    if r:
+        print(
+            f"\n`{r['command']}` ({r['faces_per_collection']} faces per collection, {r['draws_per_scenario']} "
+            f"collections per scenario, {r['bootstrap']} bootstrap replicates; error in points, coverage of the 95 % intervals):\n"
+        )
+        names = list(next(iter(next(iter(r["scenarios"].values())).values())))
+        print("| scenario | attribute | " + " | ".join(n.upper() for n in names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for scenario, targets in r["scenarios"].items():
+            for target, cells in targets.items():
+                row = " | ".join(
+                    f"{cells[n]['mean_abs_error_points']:.2f} pt / {cells[n]['coverage_95']:.0%}" for n in names
+                )
+                print(f"| {scenario} | {target} | {row} |")
+        for target, cells in r["overall"].items():
+            row = " | ".join(
+                f"{cells[n]['mean_abs_error_points']:.2f} pt / {cells[n]['coverage_95']:.0%}" for n in names
+            )
+            print(f"| **all scenarios** | {target} | {row} |")
+    r = load("audit_frl244.json")
+    if r:
+        print(f"\n`{r['command']}` ({r['photos']} studio portraits; {r['note']}):\n")
+        names = list(r["targets"]["gender"]["estimators"])
+        print("| attribute | " + " | ".join(n.upper() for n in names) + " |")
+        print("|---|" + "---|" * len(names))
+        for target, t in r["targets"].items():
+            k = len(t["true_share"])
+            cells = " | ".join(
+                f"{t['estimators'][n]['mean_abs_error_points']} pt ({t['estimators'][n]['classes_inside_interval']}/{k} inside)"
+                for n in names
+            )
+            print(f"| {target} | {cells} |")
+    r = load("audit_scale.json")
+    if r:
+        print(f"\n`{r['command']}` ({r['photos']} photos: {r['photo']}; {r['cores']} cores):\n")
+        for label, run in r["runs"].items():
+            print(
+                f"- {label.replace('_', ' ')}: {run['photos_per_s']} photos/s overall ({run['seconds']} s), "
+                f"{run['photos_per_s_once_running']} photos/s once running, start-up {run['startup_seconds']} s"
+            )
+        e = r["expected"]
+        print(
+            f"- 2 workers vs 1: {r['speedup_2_vs_1_worker']}×; {r['seconds_per_photo_per_worker']} worker-seconds per photo; "
+            "expected: " + ", ".join(f"{k}: ~{v} photos/s" for k, v in e["photos_per_s"].items())
+        )
     r = load("serve_abuse.json")
     if r:
         print(f"\n`{r['command']}` (server in its own process, default limits):\n")

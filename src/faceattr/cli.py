@@ -123,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
+    p = sub.add_parser(
+        "audit", help="the make-up of a photo collection (gender, ethnicity, age), corrected for the model's errors"
+    )
+    p.add_argument(
+        "collection", type=Path, help="a folder (recursive), a tar/zip of images, or a .txt/.csv/.parquet list"
+    )
+    p.add_argument("--out", type=Path, required=True, help="audit folder (rerunning the command resumes it)")
+    p.add_argument("--model", type=Path, help="run folder, checkpoint or .onnx file (default: the shipped weights)")
+    p.add_argument("--backend", choices=["onnx", "torch"], help="default: onnx for the shipped weights")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="run on a local Dask cluster of N worker processes")
+    where.add_argument("--cluster", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS (tcp://host:8786)")
+    p.add_argument("--shard-size", type=int, default=256, help="photos per shard (default 256)")
+    p.add_argument("--min-score", type=float, default=0.9, help="faces scored lower are counted, not estimated")
+    p.add_argument("--min-face", type=int, default=24, help="faces smaller than this many pixels likewise (default 24)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the intervals (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("export", help="release weights (float16, calibrated) and/or a self-contained ONNX file")
     p.add_argument(
         "run", metavar="RUN", help="run folder, checkpoint or release file; `pretrained` for the shipped one"
@@ -310,6 +328,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from faceattr.audit import audit
+
+    report = audit(
+        args.collection,
+        args.out,
+        model=args.model,
+        backend=args.backend,
+        workers=args.workers,
+        cluster=args.cluster,
+        shard_size=args.shard_size,
+        min_score=args.min_score,
+        min_face=args.min_face,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+    )
+    c = report["counts"]
+    print(
+        f"{c['photos']} photos ({c['photos_failed']} failed, {c['photos_without_faces']} without a face), "
+        f"{c['faces']} faces, {c['faces_included']} in the estimates; wrote {args.out / 'report.html'}"
+    )
+    for reason, n in c["failures_by_reason"].items():
+        print(
+            f"faceattr audit: {n} photo(s) failed: {reason} (listed in {args.out / 'photos.parquet'})", file=sys.stderr
+        )
+    return 1 if c["photos_failed"] else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from faceattr.atomic import write_json
     from faceattr.release import export
@@ -384,6 +430,7 @@ COMMANDS = {
     "run": cmd_run,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "audit": cmd_audit,
     "export": cmd_export,
     "serve": cmd_serve,
     "explain": cmd_explain,

@@ -124,7 +124,9 @@ class Predictor:
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}: expected a positive number")
         if max_side < min_face_size:
-            raise InputError(f"detection size {max_side}: expected at least the smallest face, {min_face_size} px")
+            raise InputError(
+                f"--detect-size {max_side}: expected at least the smallest face searched for, {min_face_size} px"
+            )
         self.runner = runner
         self.size, self.gray = int(size), bool(gray)
         self.calibrated = calibrated

@@ -664,5 +664,9 @@ def serve(
             flush=True,
         )
     print(f"faceattr serve: {predictor.source} on http://{host}:{port}/ (API docs at /docs)", flush=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:  %(message)s"))  # as uvicorn's own lines
+    log.addHandler(handler)
+    log.propagate = False
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
     return 0
