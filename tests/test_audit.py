@@ -168,19 +168,47 @@ def test_tar_zip_and_path_lists_give_the_same_faces(photos, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "case, message",
-    [("empty", "no photos found"), ("missing", "no such file or folder"), ("other", "another collection")],
+    [
+        ("empty", "no photos found"),
+        ("missing", "no such file or folder"),
+        ("other", "another collection"),
+        ("bootstrap", "--bootstrap 0: expected a positive number"),
+        ("out_is_a_file", "exists and is not a folder"),
+        ("cluster", "cannot reach or start the Dask cluster"),
+    ],
 )
-def test_bad_collections_are_one_line_and_exit_2(photos, tmp_path, capsys, case, message):
+def test_bad_collections_and_options_are_one_line_and_exit_2(photos, tmp_path, capsys, case, message):
     empty = tmp_path / "empty"
     empty.mkdir()
-    target = {"empty": empty, "missing": tmp_path / "nope", "other": photos}[case]
+    target = {"empty": empty, "missing": tmp_path / "nope"}.get(case, photos)
     out = tmp_path / "out"
+    extra = {"bootstrap": ["--bootstrap", "0"], "cluster": ["--cluster", "tcp://127.0.0.1:1"]}.get(case, [])
     if case == "other":  # an audit folder of another collection is never mixed into
         assert main(["audit", str(empty), "--out", str(out)]) == 2
         capsys.readouterr()
-    assert main(["audit", str(target), "--out", str(out)]) == 2
+    if case == "out_is_a_file":
+        out.write_text("not a folder")
+    assert main(["audit", str(target), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+    if case in ("bootstrap", "cluster"):  # refused before anything was written: a fixed rerun works
+        assert not out.exists()
+
+
+def test_an_unreadable_archive_member_is_a_counted_failure(photos, tmp_path, capsys):
+    zipped = tmp_path / "odd.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(photos / "face0.jpg", arcname="good.jpg")
+        zf.writestr("bad.jpg", b"\xff\xd8" + b"x" * 5000)
+    raw = bytearray(zipped.read_bytes())
+    at = raw.find(b"bad.jpg", raw.find(b"PK\x01\x02"))  # its name in the central directory
+    raw[at - 36 : at - 34] = (9).to_bytes(2, "little")  # compressed with Deflate64, which zipfile cannot read
+    zipped.write_bytes(bytes(raw))
+    assert main(["audit", str(zipped), "--out", str(tmp_path / "out"), "--bootstrap", "10"]) == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["counts"]["photos"] == 2 and report["counts"]["photos_with_faces"] == 1
+    assert report["counts"]["failures_by_reason"] == {"unreadable archive member": 1}
+    capsys.readouterr()
 
 
 def test_an_interrupted_audit_resumes_without_losing_or_repeating_a_photo(photos, tmp_path, monkeypatch):

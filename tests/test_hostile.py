@@ -114,6 +114,16 @@ def test_decoding_memory_is_counted_from_the_header_and_refused_over_budget(pred
     assert r.status_code == 503 and "not enough memory" in r.json()["error"]
 
 
+def test_a_small_file_declaring_huge_pixels_is_refused_from_its_header(predictor):
+    """A 300 KB PNG of 9000x9000 transparent pixels: its header is read off the event loop and
+    refused before anything is decoded (Pillow would decode a PNG to look for EXIF)."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (9000, 9000)).save(buffer, format="PNG")
+    client = TestClient(create_app(predictor))
+    r = client.post("/v1/predict", content=buffer.getvalue())
+    assert r.status_code == 413 and "81,000,000 pixels" in r.json()["error"]
+
+
 def test_sixteen_bit_photos_convert_in_strips_to_the_same_values():
     values = np.arange(700 * 600, dtype=np.uint32).reshape(700, 600) * 65535 // (700 * 600 - 1)
     image = load_image(png_bytes(Image.fromarray(values.astype(np.uint16))))
@@ -219,13 +229,17 @@ def test_host_origin_and_token_checks(predictor, astronaut_jpeg, monkeypatch, ca
             headers={"Origin": "http://attacker.example", "Content-Type": content_type},
         )
         assert r.status_code == 403 and "cross-origin" in r.json()["error"]
-    same = local.post("/v1/predict", content=astronaut_jpeg, headers={"Origin": "http://127.0.0.1:8000"})
+    same = local.post("/v1/predict", content=astronaut_jpeg, headers={"Origin": "http://127.0.0.1"})
     assert same.status_code == 200
+    other_port = local.post("/v1/predict", content=astronaut_jpeg, headers={"Origin": "http://127.0.0.1:3000"})
+    assert other_port.status_code == 403  # another local service's page is another origin
+    assert local.get("/v1/model", headers={"Host": "LOCALHOST"}).status_code == 200
 
     guarded = TestClient(create_app(predictor, token="s3cret"))
     assert guarded.get("/v1/model").status_code == 401
     assert guarded.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert guarded.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert guarded.get("/v1/model", headers={"Authorization": "bearer s3cret"}).status_code == 200
     assert guarded.get("/healthz").status_code == 200
 
     monkeypatch.delenv("FACEATTR_TOKEN", raising=False)

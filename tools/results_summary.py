@@ -231,6 +231,35 @@ def main() -> None:
             )
             print(f"\n- slowest imports of `faceattr predict` (`python -X importtime`): {slow}")
 
+    r = load("wild.json")
+    if r:
+        print(
+            "\n| model / split | set | found | gender | ethnicity | eth. macro-F1 | age MAE | age group | signed age error by decade |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, v in r["variants"].items():
+            rows = [("canonical 48×48", v["canonical"]), ("UTK-C clean photos", v["utk_c"]["clean"])]
+            rows += [("UTK-C, mean of 30 corruptions", v["utk_c"]["mean_over_corruptions"]), ("frl244", v["frl244"])]
+            for label, m in rows:
+                if not m:
+                    continue
+                signed = ", ".join(f"{k} {e:+.1f}" for k, e in m.get("age_signed_error_by_decade", {}).items())
+                cells = [
+                    pct(m["found"]) if m.get("found") is not None else "",
+                    *(pct(m[k]) if m.get(k) is not None else "–" for k in ("gender_acc", "ethnicity_acc")),
+                    f"{m['ethnicity_macro_f1']:.3f}" if m.get("ethnicity_macro_f1") is not None else "–",
+                    f"{m['age_mae']:.2f}" if m.get("age_mae") is not None else "–",
+                    pct(m["age_group_acc"]) if m.get("age_group_acc") is not None else "–",
+                    signed,
+                ]
+                print(f"| {name} | {label} | " + " | ".join(cells) + " |")
+        first = next(iter(r["variants"].values()))
+        print("\n- commands: " + "; ".join(f"`{v['command']}`" for v in r["variants"].values()))
+        worst = sorted(
+            ((k, c["gender_acc"], c["ethnicity_acc"], c["age_mae"]) for k, c in first["utk_c"].items() if "/" in k),
+            key=lambda t: t[1],
+        )[:3]
+        print("- hardest corruptions for gender (first model): " + ", ".join(f"{k} {pct(g)}" for k, g, _, _ in worst))
     r = load("audit_accuracy.json")
     if r:
         print(

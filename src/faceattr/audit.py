@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -96,17 +97,14 @@ def load_validation() -> dict[str, np.ndarray]:
 
 def process_shard(settings: dict, index: int, items: list[Item]) -> tuple[int, dict, dict]:
     """Detect, align and classify one shard: (index, face columns, photo columns). Runs in the
-    driver or on a cluster worker; reads nothing but its photos and writes nothing."""
+    driver or on a cluster worker; reads nothing but its photos and writes nothing. The model is
+    the shipped one: its validation answers are what the estimates are corrected with."""
     from faceattr.predictor import load_predictor
 
     key = json.dumps(settings, sort_keys=True)
     if key not in _PREDICTORS:
         _PREDICTORS[key] = load_predictor(
-            settings["model"],
-            settings["backend"],
-            min_score=DETECT_FLOOR,
-            max_side=settings["detect_size"],
-            threads=settings["threads"],
+            None, min_score=DETECT_FLOOR, max_side=settings["detect_size"], threads=settings["threads"]
         )
     predictor = _PREDICTORS[key]
     faces: dict[str, list] = {c: [] for c in (*FACE_COLUMNS, *PROB_COLUMNS)}
@@ -148,8 +146,6 @@ def _failed(key: str, reason: str):
 def audit(
     collection: str | Path,
     out_dir: str | Path,
-    model: str | Path | None = None,
-    backend: str | None = None,
     workers: int | None = None,
     cluster: str | None = None,
     shard_size: int = 256,
@@ -165,30 +161,38 @@ def audit(
     estimates and why not), ``photos.parquet`` (every photo: ok, no_face or failed and why),
     ``report.json`` and ``report.html``.
     Faces scoring below ``min_score`` or smaller than ``min_face`` pixels are counted and left
-    out of the estimates. Returns the report."""
+    out of the estimates. Every argument is checked, and the cluster reached, before anything is
+    written. Returns the report."""
     started = time.perf_counter()
     collection, out_dir = Path(collection), Path(out_dir)
     kind = kind_of(collection)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers {workers}: expected a positive number")
-    settings = {
-        "model": None if model is None else str(model),
-        "backend": backend,
-        "detect_size": detect_size,
-        "threads": 1 if (workers or cluster) else None,
-    }
+    for option, value in (("--workers", workers), ("--shard-size", shard_size), ("--bootstrap", n_boot)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} {value}: expected a positive number")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder")
     manifest = {
         "collection": str(collection),
         "kind": kind,
         "fingerprint": fingerprint(collection),
         "shard_size": shard_size,
-        "settings": settings,
+        "settings": {"detect_size": detect_size},
         "faceattr_version": __version__,
     }
+    # One ONNX Runtime thread per worker process; all the cores for a single process.
+    settings = {"detect_size": detect_size, "threads": 1 if (workers or cluster) else None}
     shard_dir = out_dir / "shards"
-    _start_or_resume(out_dir, shard_dir, manifest)
-    pending = ((i, items) for i, items in enumerate(shards(collection, shard_size)) if not _done(shard_dir, i))
-    done = _run(pending, settings, shard_dir, workers, cluster, log)
+    client = _connect(workers, cluster) if (workers or cluster) else None
+    try:
+        _start_or_resume(out_dir, shard_dir, manifest)
+        pending = ((i, items) for i, items in enumerate(shards(collection, shard_size)) if not _done(shard_dir, i))
+        if client is None:
+            done = _run_here(pending, settings, shard_dir, log)
+        else:
+            done = _run_on_dask(client, pending, settings, shard_dir, manifest["fingerprint"], log)
+    finally:
+        if client is not None:
+            _disconnect(client)
     log(f"{done} shard(s) written this run")
     report = summarise(shard_dir, out_dir, manifest, min_score, min_face, n_boot, seed)
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -242,49 +246,61 @@ def _schema(name: str):
     return pa.schema(fields)
 
 
-def _run(pending, settings: dict, shard_dir: Path, workers: int | None, cluster: str | None, log) -> int:
-    """Process the pending shards in this process, or on Dask; returns how many were written."""
-    if not workers and not cluster:
-        n = 0
-        for index, items in pending:
-            _, faces, photos = process_shard(settings, index, items)
-            _write_shard(shard_dir, index, faces, photos)
-            n += 1
-            log(f"shard {index}: {len(items)} photos")
-        return n
-    return _run_on_dask(pending, settings, shard_dir, workers, cluster, log)
+def _run_here(pending, settings: dict, shard_dir: Path, log) -> int:
+    """The shards in this process, one after another; returns how many were written."""
+    n = 0
+    for index, items in pending:
+        _, faces, photos = process_shard(settings, index, items)
+        _write_shard(shard_dir, index, faces, photos)
+        n += 1
+        log(f"shard {index}: {len(items)} photos")
+    return n
 
 
-def _run_on_dask(pending, settings: dict, shard_dir: Path, workers: int | None, cluster: str | None, log) -> int:
+def _connect(workers: int | None, cluster: str | None):
+    """A Dask client: on a new local cluster of ``workers`` processes, or at ``cluster``."""
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster
     except ImportError:
         raise InputError("--workers/--cluster need Dask: pip install 'faceattr[cluster]'") from None
-    local = None
-    if cluster:
-        client = Client(cluster, timeout="30s")
-    else:
+    try:
+        if cluster:
+            return Client(cluster, timeout="30s")
         local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(local)
+        return Client(local)
+    except (OSError, ValueError, TimeoutError) as e:
+        where = f"--cluster {cluster}" if cluster else f"--workers {workers}"
+        raise InputError(f"{where}: cannot reach or start the Dask cluster ({str(e).splitlines()[0][:150]})") from None
+
+
+def _disconnect(client) -> None:
+    local = client.cluster
+    client.close()
+    if local is not None:
+        local.close()
+
+
+def _run_on_dask(client, pending, settings: dict, shard_dir: Path, run_id: str, log) -> int:
+    """The shards on a Dask cluster, a bounded number in flight; the driver writes each result
+    once, whichever worker computed it (a task lost with its worker is run again elsewhere)."""
+    from dask.distributed import as_completed
+
+    # Keys unique to this run: a shared scheduler must never hand one audit another's shard.
+    prefix = f"faceattr-{run_id}-{uuid.uuid4().hex[:8]}"
     in_flight = 2 * max(1, len(client.scheduler_info()["workers"]))
     written = 0
-    try:
-        futures = as_completed()
-        for index, items in _take(pending, in_flight):
-            futures.add(client.submit(process_shard, settings, index, items, key=f"faceattr-shard-{index}", pure=False))
-        for future in futures:
-            index, faces, photos = future.result()
-            _write_shard(shard_dir, index, faces, photos)
-            written += 1
-            log(f"shard {index}: {len(photos['photo'])} photos")
-            for index, items in _take(pending, 1):
-                futures.add(
-                    client.submit(process_shard, settings, index, items, key=f"faceattr-shard-{index}", pure=False)
-                )
-    finally:
-        client.close()
-        if local is not None:
-            local.close()
+
+    def submit(index: int, items: list[Item]):
+        return client.submit(process_shard, settings, index, items, key=f"{prefix}-shard-{index}", pure=False)
+
+    futures = as_completed([submit(i, items) for i, items in _take(pending, in_flight)])
+    for future in futures:
+        index, faces, photos = future.result()
+        _write_shard(shard_dir, index, faces, photos)
+        written += 1
+        log(f"shard {index}: {len(photos['photo'])} photos")
+        for i, items in _take(pending, 1):
+            futures.add(submit(i, items))
     return written
 
 
@@ -389,6 +405,8 @@ def _reason_kind(error: str) -> str:
         ("not an image", "not an image"),
         ("symbolic link", "bad symbolic link"),
         ("decompression bomb", "too large"),
+        ("byte limit", "too large"),
+        ("from the archive", "unreadable archive member"),
     ):
         if needle in text:
             return kind
@@ -396,5 +414,4 @@ def _reason_kind(error: str) -> str:
 
 
 def _model_version(manifest: dict) -> str:
-    model = manifest["settings"]["model"]
-    return f"faceattr {manifest['faceattr_version']} / {model or 'utkface48-v1 (shipped)'}"
+    return f"faceattr {manifest['faceattr_version']} / utkface48-v1 (shipped)"

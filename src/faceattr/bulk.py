@@ -69,6 +69,8 @@ def predict_files(
         max_side=detect_size,
         threads=1 if workers > 1 else None,  # one ONNX Runtime thread per worker: no oversubscription
     )
+    if detect:
+        predictor.detector  # built once here, not by each worker thread at its first photo  # noqa: B018
     writer = ResultWriter(
         fmt, out, predictor, width=max([len(str(f)) for f in files] + [len(m) for m, _ in missing] + [4])
     )

@@ -5,6 +5,7 @@ error message and exit code 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -130,8 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         "collection", type=Path, help="a folder (recursive), a tar/zip of images, or a .txt/.csv/.parquet list"
     )
     p.add_argument("--out", type=Path, required=True, help="audit folder (rerunning the command resumes it)")
-    p.add_argument("--model", type=Path, help="run folder, checkpoint or .onnx file (default: the shipped weights)")
-    p.add_argument("--backend", choices=["onnx", "torch"], help="default: onnx for the shipped weights")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="run on a local Dask cluster of N worker processes")
     where.add_argument("--cluster", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS (tcp://host:8786)")
@@ -334,8 +333,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit(
         args.collection,
         args.out,
-        model=args.model,
-        backend=args.backend,
         workers=args.workers,
         cluster=args.cluster,
         shard_size=args.shard_size,
@@ -450,3 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"faceattr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`faceattr predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -94,22 +94,41 @@ def _folder(folder: Path) -> Iterator[Item]:
     yield from (named[k] for k in sorted(named))
 
 
+MAX_MEMBER_BYTES = 50_000_000  # an archive member larger than this is no photo worth reading
+
+
 def _archive(archive: Path) -> Iterator[Item]:
+    """The image members of a zip or tar, each read on its own: a member that cannot be read
+    (unsupported compression, encrypted, bad checksum, too large) becomes a counted failure."""
     if archive.name.lower().endswith(".zip"):
         try:
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    if not info.is_dir() and info.filename.lower().endswith(PHOTO_SUFFIXES):
-                        yield Item(f"{archive.name}::{info.filename}", data=zf.read(info))
+            zf = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise InputError(f"{archive}: not a readable zip archive ({e})") from None
+        with zf:
+            for info in zf.infolist():
+                if info.is_dir() or not info.filename.lower().endswith(PHOTO_SUFFIXES):
+                    continue
+                key = f"{archive.name}::{info.filename}"
+                if info.file_size > MAX_MEMBER_BYTES:
+                    yield Item(key, error=f"{info.file_size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte limit")
+                    continue
+                try:
+                    yield Item(key, data=zf.read(info))
+                except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as e:
+                    yield Item(key, error=f"cannot be read from the archive ({type(e).__name__}: {e})")
         return
     try:
         with tarfile.open(archive, "r|*") as tf:  # a stream: one pass, whatever the compression
             for member in tf:
-                if member.isfile() and member.name.lower().endswith(PHOTO_SUFFIXES):
-                    f = tf.extractfile(member)
-                    yield Item(f"{archive.name}::{member.name}", data=f.read() if f else b"")
+                if not (member.isfile() and member.name.lower().endswith(PHOTO_SUFFIXES)):
+                    continue
+                key = f"{archive.name}::{member.name}"
+                if member.size > MAX_MEMBER_BYTES:
+                    yield Item(key, error=f"{member.size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte limit")
+                    continue
+                f = tf.extractfile(member)
+                yield Item(key, data=f.read() if f else b"")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InputError(f"{archive}: not a readable tar archive ({e})") from None
 

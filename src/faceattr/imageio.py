@@ -103,7 +103,10 @@ def load_photo(
                 if min_side is not None and im.format == "JPEG" and max(full) > 2 * min_side:
                     k = max(full) / min_side
                     im.draft("RGB", (max(1, math.ceil(full[0] / k)), max(1, math.ceil(full[1] / k))))
-                scale = (full[0] / im.size[0], full[1] / im.size[1])
+                # The DCT scales by a whole factor; the reduced sides are rounded up, so the factor
+                # (not the ratio of the sides) maps reduced pixels back onto the photo's.
+                factor = float(round(full[0] / im.size[0]))
+                scale = (factor, factor)
                 im.load()
                 if _orientation(im) in QUARTER_TURNS:
                     scale = scale[::-1]
@@ -133,14 +136,14 @@ def decode_bytes(im: Image.Image) -> int:
     return w * h * per_pixel
 
 
-def probe_bytes(data: bytes) -> int | None:
-    """``decode_bytes`` of encoded image bytes, from the header alone; None if Pillow cannot
-    identify them (decoding then fails with its own reason)."""
+def probe_bytes(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, ``decode_bytes``) of encoded image bytes, from the header alone, without
+    decoding; None if Pillow cannot identify them (decoding then fails with its own reason)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                return decode_bytes(im)
+                return (*im.size, decode_bytes(im))
     except Exception:
         return None
 
@@ -162,7 +165,14 @@ def _check_size(size: tuple[int, int], limit: int | None, label: str) -> None:
         raise ImageLoadError(f"{label}: empty image ({w}x{h})")
 
 
+HEADER_EXIF = ("JPEG", "MPO", "TIFF", "WEBP", "HEIF")  # formats whose EXIF is read with the header
+
+
 def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1: upright). Before decoding, only formats that keep EXIF in their
+    header are asked: Pillow's getexif() on a PNG decodes the whole image to look for it."""
+    if getattr(im, "_im", None) is None and im.format not in HEADER_EXIF:  # not decoded yet
+        return 1
     try:
         return int(im.getexif().get(0x0112, 1))
     except Exception:  # a malformed EXIF block: treated as upright, as _upright does

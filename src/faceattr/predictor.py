@@ -284,6 +284,9 @@ class Predictor:
                 full, full_scale = load_photo(source, **limits)
         except ImageLoadError as e:
             return PendingPhoto(label, [], [], error=str(e), error_kind=e.kind)
+        except Exception as e:  # a bug or an input no check foresaw: this photo fails, the run goes on
+            reason = f"{label}: could not be processed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+            return PendingPhoto(label, [], [], error=reason, error_kind="corrupt")
         boxes, chips = [], []
         to_full = np.array(scale) / np.array(full_scale)  # reduced image -> the image the chips come from
         for d in faces:

@@ -344,7 +344,13 @@ def create_app(
             data = await read_upload(request, limits)
         finally:
             state["reading"] -= 1
-        cost = probe_bytes(data) or 0
+        # The header alone, off the event loop: pixels and decoding memory are refused before
+        # any decoding, slot or memory is taken.
+        width, height, cost = await run_in_threadpool(probe_bytes, data) or (0, 0, 0)
+        if width * height > limits.max_pixels:
+            raise Refused(
+                413, f"upload: {width}x{height} = {width * height:,} pixels, over the limit of {limits.max_pixels:,}"
+            )
         if cost > limits.request_bytes:
             raise Refused(
                 413,
@@ -408,6 +414,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:  # a bug, not the client's fault
+        log.error("internal error on %s: %s: %s", request.url.path, type(exc).__name__, str(exc).splitlines()[:1])
+        return JSONResponse({"error": "internal error; the server log has the reason"}, status_code=500)
+
     @app.exception_handler(Gone)
     async def gone(request: Request, exc: Gone) -> JSONResponse:
         client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
@@ -432,19 +443,21 @@ class Guard:
         await self.app(scope, receive, send)
 
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
-        host = headers.get("host", "")
+        host = headers.get("host", "").lower()
         if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
             return 400, f"Host {host!r} is not this server's name; open it as http://127.0.0.1:PORT/"
         origin = headers.get("origin")
+        # Same origin only: the page this server serves posts with Origin http://<its Host>; a
+        # page of another site, or of another local service (another port), does not.
         if method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
-            origin_host = urlsplit(origin).netloc
-            same = host_name(origin_host) in self.allowed_hosts if self.allowed_hosts is not None else False
-            if not (same or origin_host == host):
+            parts = urlsplit(origin.lower())
+            if parts.scheme not in ("http", "https") or parts.netloc != host:
                 return 403, f"cross-origin request from {origin} refused"
         if self.token and path not in OPEN_PATHS and not path.startswith("/docs-assets/"):
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            given = given or headers.get("x-faceattr-token", "")
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
+            scheme, _, value = headers.get("authorization", "").partition(" ")
+            given = value.strip() if scheme.lower() == "bearer" else headers.get("x-faceattr-token", "")
+            # Headers arrive as latin-1 text: back to their bytes, compared with the token's.
+            if not hmac.compare_digest(given.encode("latin-1", "replace"), self.token.encode("utf-8")):
                 return 401, "missing or wrong token: send Authorization: Bearer <token>"
         return None
 
