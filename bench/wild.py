@@ -100,6 +100,17 @@ def main() -> None:
     mask = prepared.split == args.split
     part, sha = prepared.data.subset(mask), prepared.sha[mask]
     result: dict = {"model": args.model, "split": args.split, "backend": predictor.backend}
+    trained = Path(args.model) / "metrics.json"
+    if trained.is_file():  # a run folder: what training it cost, and what it changed from the defaults
+        m = json.loads(trained.read_text())
+        result["training"] = {
+            "epochs_run": m.get("epochs_run"),
+            "train_minutes": m.get("train_minutes"),
+            "device": m.get("device"),
+            "config": {
+                k: m["config"][k] for k in ("width", "stem", "epochs", "augment", "seed") if k in m.get("config", {})
+            },
+        }
 
     print("canonical faces ...", file=sys.stderr)
     if predictor.size == part.size and predictor.gray == (part.channels == 1):

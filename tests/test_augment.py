@@ -99,3 +99,22 @@ def test_generator_advances_the_same_whatever_the_data():
         augment_batch(_faces(b=8), strength, g, CFG)
         states.append(g.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def test_degradation_is_off_by_default_and_blurs_when_on():
+    """Off: it returns the batch and draws no random number, so runs without it replay exactly
+    as before it existed; on: faces lose fine detail (a low-resolution copy), values in range."""
+    from faceattr.augment import AugmentConfig, _degrade, augment_batch
+
+    x = torch.rand(8, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    strength = torch.ones(8)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    assert _degrade(x, strength, g, AugmentConfig()) is x and torch.equal(g.get_state(), before)
+    still = {"max_translate": 0, "scale": (1, 1), "max_rotate_deg": 0, "flip_p": 0, "brightness": 0}
+    still |= {"contrast": 0, "gamma": 0, "blur_p": 0, "noise_std": 0, "erase_p": 0}
+    sharp = augment_batch(x, strength, torch.Generator().manual_seed(0), AugmentConfig(**still))
+    soft = augment_batch(x, strength, torch.Generator().manual_seed(0), AugmentConfig(**still, degrade_p=1.0))
+    assert torch.allclose(sharp, x, atol=1e-5)  # nothing else moved
+    detail = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
+    assert detail(soft) < 0.7 * detail(sharp) and soft.min() >= 0 and soft.max() <= 1

@@ -254,7 +254,15 @@ def main() -> None:
                 ]
                 print(f"| {name} | {label} | " + " | ".join(cells) + " |")
         first = next(iter(r["variants"].values()))
-        print("\n- commands: " + "; ".join(f"`{v['command']}`" for v in r["variants"].values()))
+        for name, v in r["variants"].items():
+            t = v.get("training")
+            if t:
+                extra = f", augment {t['config']['augment']}" if t["config"].get("augment") else ""
+                print(
+                    f"- {name}: trained {t['epochs_run']} epochs, {t['train_minutes']} min on {t['device']} "
+                    f"(width {t['config'].get('width')}{extra})"
+                )
+        print("- commands: " + "; ".join(f"`{v['command']}`" for v in r["variants"].values()))
         worst = sorted(
             ((k, c["gender_acc"], c["ethnicity_acc"], c["age_mae"]) for k, c in first["utk_c"].items() if "/" in k),
             key=lambda t: t[1],

@@ -43,6 +43,12 @@ class AugmentConfig:
     erase_area: tuple[float, float] = (0.02, 0.15)
     erase_aspect: tuple[float, float] = (0.3, 3.3)
     padding: str = "reflection"
+    # Photo-realistic degradation, off by default: a face seen at low resolution (area-reduced
+    # to a side in ``degrade_scale`` times its own, then bilinear back), as in small or distant
+    # faces of real photos. With degrade_p 0 it draws no random numbers, so runs without it
+    # replay exactly as before it existed.
+    degrade_p: float = 0.0
+    degrade_scale: tuple[float, float] = (0.35, 0.8)
 
 
 def _rand(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -136,6 +142,21 @@ def _erase(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig)
     return torch.where(inside[:, None], fill.view(b, 1, 1, 1).to(x.dtype), x)
 
 
+def _degrade(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+    if cfg.degrade_p <= 0:
+        return x
+    b, _, h, w = x.shape
+    u_p, u_scale = (_rand(b, generator, x.device) for _ in range(2))
+    chosen = (u_p < (cfg.degrade_p * s).clamp(0, 1)).nonzero().squeeze(1)
+    lo, hi = cfg.degrade_scale
+    out = x.clone()
+    for i in chosen.tolist():  # one resolution per sample; the faces are small, the loop is cheap
+        side = max(4, round(h * (lo + float(u_scale[i]) * (hi - lo))))
+        small = F.interpolate(x[i : i + 1], size=(side, side), mode="area")
+        out[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return out
+
+
 def augment_batch(x: Tensor, strength: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
     """Augment images in [0, 1]: (B, C, H, W) -> (B, C, H, W), same dtype and device.
 
@@ -151,6 +172,7 @@ def augment_batch(x: Tensor, strength: Tensor, generator: torch.Generator, cfg: 
     x = _affine(x, s, generator, cfg)
     x = _photometric(x, s, generator, cfg)
     x = _blur(x, s, generator, cfg)
+    x = _degrade(x, s, generator, cfg)
     noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
     x = x + noise * (cfg.noise_std * s).view(-1, 1, 1, 1)
     x = _erase(x, s, generator, cfg)
