@@ -98,6 +98,29 @@ def test_a_trickling_upload_meets_the_whole_body_deadline(predictor):
             conn.close()
 
 
+def test_headers_sent_a_byte_at_a_time_meet_a_deadline(predictor, astronaut_jpeg):
+    """The classic slowloris: request headers that never end. The connection is closed."""
+    with running(create_app(predictor), header_timeout=0.6) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started, closed = time.monotonic(), False
+            conn.settimeout(0.25)
+            while time.monotonic() - started < 5 and not closed:
+                try:
+                    closed = conn.recv(1024) == b""
+                except TimeoutError:
+                    try:
+                        conn.sendall(b"X")  # one more byte of a header that never ends
+                    except OSError:
+                        closed = True
+            assert closed and time.monotonic() - started < 3
+        r = requests.post(url + "/v1/predict", data=astronaut_jpeg, timeout=10)  # others are served
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+        with requests.Session() as keep:  # a kept-alive connection answers request after request
+            assert [keep.get(url + "/healthz", timeout=5).status_code for _ in range(3)] == [200] * 3
+
+
 # 2. A 93 KB 16-bit PNG of 40 Mpx took 1.3 GB: the memory a photo's decoding holds is counted
 # from its header, refused over the request budget, and rationed across the server.
 def test_decoding_memory_is_counted_from_the_header_and_refused_over_budget(predictor):

@@ -80,6 +80,7 @@ class Limits:
     request_bytes: int = 400_000_000  # decoding memory of one request
     server_bytes: int = 1_200_000_000  # decoding memory of all requests together
     memory_wait: float = 10.0  # seconds a request waits for memory before 503
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
 
 
 MAX_UPLOAD_BYTES = Limits.max_upload_bytes
@@ -220,6 +221,53 @@ class MemoryBudget:
         with self.cond:
             self.used -= n
             self.cond.notify_all()
+
+
+def header_deadline(seconds: float):
+    """uvicorn's HTTP protocol with a deadline on request headers: a connection that has not
+    sent a whole request line and headers within ``seconds`` of opening (or of its previous
+    response) is closed. uvicorn bounds the body (our read_upload does) and idle keep-alive,
+    but not headers sent a byte at a time, which would hold connections forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = None
+            self._waiting_for = None
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._waiting_for = self.cycle  # headers are complete once a new cycle exists
+            self._header_timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _too_slow(self) -> None:
+            if self.cycle is self._waiting_for and not self.transport.is_closing():
+                log.warning("%s sent no complete request headers within %g s; closed", _peer(self.client), seconds)
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._waiting_for and self._header_timer is not None:
+                self._header_timer.cancel()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection gets the same deadline
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
+def _peer(client) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
 
 
 def trim_memory() -> None:
@@ -627,13 +675,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+def running(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0, header_timeout: float = 10.0
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread for the duration of a ``with`` block;
     yields its base URL (port 0: a free port picked by the system). For tests and tools."""
     import uvicorn
 
     port = port or free_port(host)  # uvicorn needs a concrete port to report back
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=header_deadline(header_timeout))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -681,5 +732,12 @@ def serve(
     handler.setFormatter(logging.Formatter("%(levelname)s:  %(message)s"))  # as uvicorn's own lines
     log.addHandler(handler)
     log.propagate = False
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=5,
+        http=header_deadline(Limits.header_timeout),
+    )
     return 0
