@@ -12,6 +12,7 @@ quality bar; the others are counted and reported, never silently dropped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -293,24 +294,15 @@ def _run_on_dask(client, pending, settings: dict, shard_dir: Path, run_id: str, 
     def submit(index: int, items: list[Item]):
         return client.submit(process_shard, settings, index, items, key=f"{prefix}-shard-{index}", pure=False)
 
-    futures = as_completed([submit(i, items) for i, items in _take(pending, in_flight)])
+    futures = as_completed([submit(i, items) for i, items in itertools.islice(pending, in_flight)])
     for future in futures:
         index, faces, photos = future.result()
         _write_shard(shard_dir, index, faces, photos)
         written += 1
         log(f"shard {index}: {len(photos['photo'])} photos")
-        for i, items in _take(pending, 1):
+        for i, items in itertools.islice(pending, 1):
             futures.add(submit(i, items))
     return written
-
-
-def _take(iterator, n: int) -> list:
-    out = []
-    for item in iterator:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
 
 
 def read_shards(shard_dir: Path) -> tuple:

@@ -7,6 +7,7 @@ in a .tar.gz), files as paths (a cluster's workers must see the same files).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -60,7 +61,7 @@ def fingerprint(collection: Path) -> str:
     h = hashlib.sha256(str(collection.resolve()).encode())
     if collection.is_dir():
         for f in sorted(collection.rglob("*")):
-            with _quiet():
+            with contextlib.suppress(OSError):  # a file gone or unreadable while listing
                 h.update(f"{f.relative_to(collection)}:{f.stat().st_size}\n".encode())
     else:
         st = collection.stat()
@@ -75,14 +76,6 @@ def shards(collection: Path, size: int) -> Iterator[list[Item]]:
     items = {"folder": _folder, "archive": _archive, "list": _listed}[kind_of(collection)](collection)
     while chunk := list(itertools.islice(items, size)):
         yield chunk
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, tb):
-        return kind is not None and issubclass(kind, OSError)
 
 
 def _folder(folder: Path) -> Iterator[Item]:

@@ -83,11 +83,6 @@ class Limits:
     header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
 
 
-MAX_UPLOAD_BYTES = Limits.max_upload_bytes
-MAX_PIXELS = Limits.max_pixels
-MAX_IN_FLIGHT = Limits.max_in_flight
-
-
 class Problem(BaseModel):
     """Why a request was refused."""
 
