@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -26,46 +25,11 @@ from PIL import Image
 from faceattr.align import TEMPLATE, align_face, similarity_transform
 from faceattr.atomic import write_json
 from faceattr.cache import load_prepared
-from faceattr.dedupe import pixel_sha1
 from faceattr.imageio import load_image
 from faceattr.labels import CLASS_NAMES
 from faceattr.metrics import head_metrics
+from faceattr.originals import match_rows, utk_files
 from faceattr.predictor import Predictor, load_predictor
-from faceattr.readers import decode_image, parse_utk_name
-
-
-def utk_files(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive, "r:*") as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile() and m.name.endswith(".jpg")}
-
-
-def match_rows(test, test_sha: np.ndarray, files: dict[str, bytes]) -> list[str | None]:
-    """The UTKFace file of each test row (None when no file has its pixels).
-
-    A row's img_name is the file name less its label fields, so the files with the row's name
-    and labels are tried first; every pairing is checked by pixel SHA-1, and rows left over are
-    looked up among all files by SHA-1 alone."""
-    sha_of: dict[str, str] = {}
-
-    def sha(name: str) -> str:
-        if name not in sha_of:
-            sha_of[name] = pixel_sha1(decode_image(files[name], 48, True)[None])[0]
-        return sha_of[name]
-
-    by_stem: dict[str, list[str]] = {}
-    for name in sorted(files):
-        by_stem.setdefault(name.rsplit("/", 1)[-1].split("_", 3)[-1].replace(" ", ""), []).append(name)
-    out: list[str | None] = []
-    for row_sha, img_name, age, gender, eth in zip(test_sha, test.names, test.age, test.gender, test.ethnicity):
-        labels = (int(age), int(gender), int(eth))
-        named = [n for n in by_stem.get(str(img_name), []) if parse_utk_name(n) == labels]
-        out.append(next((n for n in named if sha(n) == row_sha), None))
-    if None in out:
-        by_sha: dict[str, list[str]] = {}
-        for name in sorted(files):
-            by_sha.setdefault(sha(name), []).append(name)
-        out = [m or (by_sha.get(s) or [None])[0] for m, s in zip(out, test_sha)]
-    return out
 
 
 def detect_all(

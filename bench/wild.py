@@ -28,11 +28,11 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from external_utk import match_rows, utk_files
 from faceattr.atomic import write_json
 from faceattr.cache import load_prepared
 from faceattr.corruptions import ALSO_IN_TRAINING, CORRUPTIONS, SEVERITIES, corrupt, photo_seed
 from faceattr.labels import AGE_MAX
+from faceattr.originals import match_rows, utk_files
 from faceattr.predictor import load_predictor
 from faceattr.quantify import FAIRFACE_AGE_EDGES, age_group_of
 
@@ -82,10 +82,58 @@ def first_face(faces) -> dict | None:
     return {"gender": f.gender, "ethnicity": f.ethnicity, "age": f.age}
 
 
+class TeacherProbe:
+    """The distillation teacher's own answers, scored like a model: MTCNN finds the face, dlib
+    embeds it (``faceattr.teacher``), and the linear probes fitted on the cached embeddings of
+    the training faces answer (``--model teacher:CACHE.npz``). It has no 48x48 input, so its
+    canonical row is its probe on the originals (results/teacher_dlib.json)."""
+
+    backend = "dlib"
+    size = 0
+    gray = False
+
+    def __init__(self, cache: Path, prepared) -> None:
+        from faceattr.align import FaceDetector
+        from faceattr.teacher import DlibTeacher, fit_probes
+
+        with np.load(cache) as z:
+            where = {str(i): n for n, i in enumerate(prepared.data.ids)}
+            rows = np.array([where.get(str(i), -1) for i in z["ids"]])
+            keep = z["has"] & (rows >= 0) & (prepared.split[np.maximum(rows, 0)] == "train")
+            emb, rows = z["embedding"][keep].astype(np.float32), rows[keep]
+        d = prepared.data
+        self.probes = fit_probes(emb, d.gender[rows], d.ethnicity[rows], d.age[rows])
+        self.detector, self.teacher = FaceDetector(), DlibTeacher()
+
+    def predict(self, source) -> list:
+        from types import SimpleNamespace
+
+        from faceattr.imageio import load_image
+        from faceattr.labels import CLASS_NAMES
+
+        image = load_image(source) if isinstance(source, str) else Image.fromarray(source)
+        faces = []
+        for det in self.detector.detect(image):
+            p = self.probes.predict(self.teacher.embed(np.asarray(image), det.box)[None])
+            faces.append(
+                SimpleNamespace(
+                    box=det.box,
+                    gender=dict(zip(CLASS_NAMES["gender"], p["gender_prob"][0].tolist())),
+                    ethnicity=dict(zip(CLASS_NAMES["ethnicity"], p["ethnicity_prob"][0].tolist())),
+                    age=float(p["age"][0]),
+                )
+            )
+        return faces
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True, help="the model's name in results/wild.json")
-    ap.add_argument("--model", default="pretrained", help="run folder, checkpoint, .onnx file or `pretrained`")
+    ap.add_argument(
+        "--model",
+        default="pretrained",
+        help="run folder, checkpoint, .onnx file, `pretrained`, or teacher:CACHE.npz (the teacher's probes)",
+    )
     ap.add_argument("--split", choices=["val", "test"], default="test", help="val decides, test only reports")
     ap.add_argument("--data", type=Path, default=Path("prepared/kaggle48"), help="the canonical prepared table")
     ap.add_argument("--archive", type=Path, default=Path("../shared/data/UTKFace.tar.gz"))
@@ -95,8 +143,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/wild.json"))
     args = ap.parse_args()
     started = time.perf_counter()
-    predictor = load_predictor(None if args.model == "pretrained" else args.model)
     prepared = load_prepared(args.data)
+    if args.model.startswith("teacher:"):
+        predictor = TeacherProbe(Path(args.model.split(":", 1)[1]), prepared)
+    else:
+        predictor = load_predictor(None if args.model == "pretrained" else args.model)
     mask = prepared.split == args.split
     part, sha = prepared.data.subset(mask), prepared.sha[mask]
     result: dict = {"model": args.model, "split": args.split, "backend": predictor.backend}
@@ -108,7 +159,19 @@ def main() -> None:
             "train_minutes": m.get("train_minutes"),
             "device": m.get("device"),
             "config": {
-                k: m["config"][k] for k in ("width", "stem", "epochs", "augment", "seed") if k in m.get("config", {})
+                k: m["config"][k]
+                for k in (
+                    "width",
+                    "stem",
+                    "epochs",
+                    "augment",
+                    "seed",
+                    "teacher",
+                    "teacher_embed_weight",
+                    "teacher_soft_weight",
+                    "age_balance",
+                )
+                if k in m.get("config", {})
             },
         }
 

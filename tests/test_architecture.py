@@ -24,6 +24,7 @@ INFERENCE = {
 TRAINING_SIDE = {
     "train", "config", "augment", "sampling", "split", "cache", "preprocess", "evaluation", "report",
     "datareport", "explain", "clusters", "prepare", "readers", "dedupe", "release", "metrics", "figures",
+    "teacher", "agerefit", "originals",
 }  # fmt: skip
 HEAVY = {"sklearn", "matplotlib", "tqdm", "torchvision"}
 # Lazy imports that are allowed to reach the training side: Grad-CAM on demand (serve's

@@ -373,6 +373,7 @@ def test_calibration_file_rescales_probabilities(run_dir, tmp_path, predictor):
 
 
 def test_shipped_weights_predict_a_real_face_without_training(astronaut):
+    from faceattr.pretrained import PRETRAINED
     from faceattr.release import MAX_RELEASE_BYTES, pretrained_path
 
     path = pretrained_path()
@@ -380,7 +381,7 @@ def test_shipped_weights_predict_a_real_face_without_training(astronaut):
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float16}
     predictor = Predictor.from_pretrained()
-    assert predictor.calibrated and predictor.source == "pretrained:utkface48-v1"
+    assert predictor.calibrated and predictor.source == f"pretrained:{PRETRAINED['default']}"
     assert predictor.release["test"]["n"] > 3000 and predictor.release["split_hash"]
     (face,) = predictor.predict(astronaut)
     # Eileen Collins, about 40 when photographed: what any sane face model should say.
@@ -388,6 +389,20 @@ def test_shipped_weights_predict_a_real_face_without_training(astronaut):
     assert 25 < face.age < 60
     with pytest.raises(InputError, match="known: default"):
         Predictor.from_pretrained("nope")
+
+
+def test_packaged_models_are_chosen_by_name_and_a_path_of_that_name_wins(tmp_path, monkeypatch, tiny_run):
+    from faceattr.predictor import load_predictor
+    from faceattr.pretrained import PRETRAINED
+
+    reference = load_predictor("reference48")
+    assert reference.source == f"pretrained:{PRETRAINED['reference48']}" and reference.backend == "onnx"
+    assert load_predictor("default").source == load_predictor(None).source == f"pretrained:{PRETRAINED['default']}"
+    assert load_predictor("reference48", backend="torch").source == reference.source
+    # A run folder that happens to be called reference48 is that run, not the packaged model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reference48").symlink_to(tiny_run, target_is_directory=True)
+    assert load_predictor("reference48").source == "reference48"
 
 
 # --- the command line -----------------------------------------------------------------------

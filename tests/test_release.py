@@ -21,7 +21,7 @@ from faceattr.inference import inference_model, onnx_bytes
 from faceattr.inputerror import InputError
 from faceattr.onnxmodel import OnnxModel, chips_to_pixels
 from faceattr.predictor import Predictor
-from faceattr.pretrained import pretrained_path
+from faceattr.pretrained import PRETRAINED, pretrained_path
 from faceattr.readers import read_kaggle_csv
 from faceattr.release import CANONICAL_SPLIT, MAX_RELEASE_BYTES, PARITY_TOLERANCE, sha256
 from tiny_model import make_tiny_run
@@ -213,12 +213,19 @@ def test_the_packaged_weights_take_only_canonical_split_models_under_the_size_li
     assert "over the 10,000-byte limit" in capsys.readouterr().err and not packaged.parent.exists()
 
 
-def test_shipped_weights_are_the_ones_the_release_record_describes():
-    summary = json.loads((Path(__file__).resolve().parents[1] / "results" / "release.json").read_text())
-    path = pretrained_path()
+# The release record (written by `faceattr export --results`) of each packaged weight file.
+RELEASE_RECORDS = {"utkface48-v1": "release.json", "utkface48-v2": "release_v2.json"}
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_weights_are_the_ones_the_release_record_describes(name):
+    record = Path(__file__).resolve().parents[1] / "results" / RELEASE_RECORDS[PRETRAINED[name]]
+    summary = json.loads(record.read_text())
+    path = pretrained_path(name)
     assert sha256(path) == summary["weights"]["sha256"] and path.stat().st_size == summary["weights"]["bytes"]
     assert path.stat().st_size <= MAX_RELEASE_BYTES
     assert load_checkpoint(path)["split_hash"] == CANONICAL_SPLIT
+    assert load_checkpoint(path)["release"]["name"] == PRETRAINED[name]
 
 
 def test_export_bad_inputs_are_one_line_errors(tiny, tmp_path, capsys):
@@ -257,8 +264,9 @@ def test_the_shipped_model_gives_the_answers_it_gave_before_the_lean_inference_p
         data, _ = read_kaggle_csv(sample)
     assert data.ids[:128].tolist() == before["ids"].tolist()
     pixels = chips_to_pixels(data.images[:128])
-    by_torch = Predictor.from_pretrained(backend="torch").runner.run(pixels)
-    by_onnx = Predictor.from_pretrained().runner.run(pixels)
+    # The reference model (utkface48-v1), whatever ships as the default now.
+    by_torch = Predictor.from_pretrained("reference48", backend="torch").runner.run(pixels)
+    by_onnx = Predictor.from_pretrained("reference48").runner.run(pixels)
     assert set(by_torch) == set(by_onnx) == set(before.files) - {"ids"}
     for name, want in by_torch.items():
         assert np.array_equal(want, before[name]), name
@@ -267,8 +275,9 @@ def test_the_shipped_model_gives_the_answers_it_gave_before_the_lean_inference_p
             assert np.array_equal(by_onnx[name].argmax(1), before[name].argmax(1)), name
 
 
-def test_the_packaged_onnx_graph_is_built_from_the_packaged_weights():
-    onnx_file, weights = pretrained_path(suffix=".onnx"), pretrained_path()
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_the_packaged_onnx_graph_is_built_from_the_packaged_weights(name):
+    onnx_file, weights = pretrained_path(name, suffix=".onnx"), pretrained_path(name)
     meta = OnnxModel(onnx_file).metadata
     assert meta["faceattr.weights_sha256"] == sha256(weights)
     assert json.loads(meta["faceattr.release"]) == load_checkpoint(weights)["release"]

@@ -25,7 +25,7 @@ from skimage import data as skdata
 
 from faceattr.cli import build_parser
 from faceattr.predictor import Predictor
-from faceattr.pretrained import pretrained_path
+from faceattr.pretrained import PRETRAINED, pretrained_path
 from faceattr.serve import Limits, create_app, running
 from test_predict import ASTRONAUT_BOX, _bomb_png
 
@@ -66,9 +66,9 @@ def png(im: Image.Image) -> bytes:
 
 
 def test_health_model_and_docs(client, predictor):
-    assert client.get("/healthz").json() == {"status": "ok", "model": "utkface48-v1"}
+    assert client.get("/healthz").json() == {"status": "ok", "model": PRETRAINED["default"]}
     info = client.get("/v1/model").json()
-    assert info["name"] == "utkface48-v1" and info["calibrated"] and info["backend"] == "torch"
+    assert info["name"] == PRETRAINED["default"] and info["calibrated"] and info["backend"] == "torch"
     assert info["classes"]["ethnicity"] == ["White", "Black", "Asian", "Indian", "Others"]
     assert info["metrics"]["test"] == predictor.release["test"]  # the release's own test metrics
     assert info["metrics"]["test_95ci"]["gender_accuracy"]["ci"][0] < info["metrics"]["test"]["gender_acc"]
@@ -90,7 +90,7 @@ def test_good_photo_as_multipart_and_as_raw_bytes(client, astronaut):
     assert doc["faces"] == raw.json()["faces"]
     assert doc["image"] == {"width": 512, "height": 512}
     created = Predictor.from_pretrained().release["created"]
-    assert doc["model"] == {"name": "utkface48-v1", "version": created, "backend": "torch", "calibrated": True}
+    assert doc["model"] == {"name": PRETRAINED["default"], "version": created, "backend": "torch", "calibrated": True}
     (face,) = doc["faces"]
     np.testing.assert_allclose(face["box"], ASTRONAUT_BOX, atol=4)
     assert sum(face["gender"].values()) == pytest.approx(1, abs=1e-3) and face["gender"]["female"] > 0.8
@@ -311,7 +311,7 @@ def test_page_shows_a_prediction_and_grad_cam_in_chromium(browser, server_url, a
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(server_url + "/")
-    page.wait_for_function("document.getElementById('model').textContent.includes('utkface48-v1')")
+    page.wait_for_function(f"document.getElementById('model').textContent.includes('{PRETRAINED['default']}')")
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("article.face")
     card = page.locator("article.face").first

@@ -46,20 +46,82 @@ def source(name: str, data: dict) -> str:
     return f"_Source: `results/{name}`, written by `{data['command']}`._"
 
 
+# The result files that describe each packaged model (the default one gets the card).
+FILES = {
+    "utkface48-v1": {
+        "release": "release.json",
+        "report": "report_cpu60.json",
+        "clusters": "clusters_cpu60.json",
+        "external": "external_utk.json",
+    },
+    "utkface48-v2": {
+        "release": "release_v2.json",
+        "report": "report_v2.json",
+        "clusters": "clusters_v2.json",
+        "external": "external_utk_v2.json",
+    },
+}
+
+
+def out_of_domain(add, name: str) -> None:
+    """The yardstick rows (results/wild.json, test split) of the shipped and the reference model."""
+    wild = load("wild.json")["variants"]
+    rows = [(label, wild[f"{label}/test"]) for label in (name, "reference48") if f"{label}/test" in wild]
+    if not rows:
+        return
+    add("## Out of domain (`bench/wild.py`, test split)")
+    add("")
+    add(
+        "The same model on faces that do not look like the training table: UTK-C (the test split's UTKFace "
+        "originals under 10 corruptions × 3 severities, through the whole photo path, 300 seeded photos per cell) "
+        "and frl244 (244 studio portraits from outside UTKFace, self-reported labels, adults 17–54). The held-out "
+        "in-the-wild photos that matter most are scored outside this project."
+    )
+    add("")
+    add("| model | set | gender | ethnicity | eth. macro-F1 | age MAE | age group (FairFace 9) |")
+    add("|---|---|---|---|---|---|---|")
+    for label, v in rows:
+        for set_name, m in (
+            ("canonical 48×48", v["canonical"]),
+            ("UTK-C clean", v["utk_c"]["clean"]),
+            ("UTK-C, mean of 30 corruptions", v["utk_c"]["mean_over_corruptions"]),
+            ("frl244", v["frl244"]),
+        ):
+            if m:
+                add(
+                    f"| {label} | {set_name} | {pct(m['gender_acc'])} | {pct(m['ethnicity_acc'])} | "
+                    f"{m['ethnicity_macro_f1']:.3f} | {m['age_mae']:.2f} | {pct(m['age_group_acc'])} |"
+                )
+    add("")
+    add(
+        "Signed age error by decade of true age (canonical test): "
+        + "; ".join(
+            f"{label} " + ", ".join(f"{k} {e:+.1f}" for k, e in v["canonical"]["age_signed_error_by_decade"].items())
+            for label, v in rows
+        )
+        + "."
+    )
+    add("")
+    add("_Source: `results/wild.json`, written by " + "; ".join(f"`{v['command']}`" for _, v in rows) + "._")
+    add("")
+
+
 def main() -> None:
-    release = load("release.json")
-    report = load("report_cpu60.json")
-    clusters = load("clusters_cpu60.json")
-    external = load("external_utk.json")
+    name = load_release_name()
+    files = FILES[name]
+    release = load(files["release"])
+    report = load(files["report"])
+    clusters = load(files["clusters"])
+    external = load(files["external"])
     bench = load("bench_predict.json")
     # Every file must describe the model that ships, or the card would mix two models.
-    for name, data, key in (
-        ("report_cpu60.json", report, "run"),
-        ("clusters_cpu60.json", clusters, "run"),
-        ("external_utk.json", external, "model"),
+    for fname, data, key in (
+        (files["report"], report, "run"),
+        (files["clusters"], clusters, "run"),
+        (files["external"], external, "model"),
     ):
         if data[key] != release["source"]:
-            raise SystemExit(f"results/{name} describes {data[key]}, the release comes from {release['source']}")
+            raise SystemExit(f"results/{fname} describes {data[key]}, the release comes from {release['source']}")
     if bench["release"] != load_release_name():
         raise SystemExit("results/bench_predict.json was measured on another model than the packaged one")
     n_bins = len(shipped_checkpoint()["age"]["edges"]) - 1
@@ -69,7 +131,7 @@ def main() -> None:
     lines: list[str] = []
     add = lines.append
 
-    add("# Model card: faceattr `utkface48-v1`")
+    add(f"# Model card: faceattr `{name}`")
     add("")
     add("<!-- Written by `python tools/model_card.py > MODEL_CARD.md` from results/*.json; do not edit by hand. -->")
     add("")
@@ -89,7 +151,7 @@ def main() -> None:
         f"per output; {bench['parameters']:,} parameters."
     )
     add(
-        f"- Weights: `src/faceattr/weights/utkface48-v1.pt`, float16, {w['megabytes']} MB, sha256 `{w['sha256'][:16]}…`; "
+        f"- Weights: `src/faceattr/weights/{name}.pt`, float16, {w['megabytes']} MB, sha256 `{w['sha256'][:16]}…`; "
         "loaded with `torch.load(..., weights_only=True)`."
     )
     add("- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, gray, area-resized to 48×48.")
@@ -102,8 +164,26 @@ def main() -> None:
         f"scratch on the CPU; best epoch {report['epoch']} on validation). The release file was written by "
         f"`{release['command']}`."
     )
+    ckpt = shipped_checkpoint()
+    if ckpt["config"].get("teacher"):
+        teacher = load("teacher_dlib.json")
+        add(
+            "- Distillation: a training-only head regressed the 128-D embedding of dlib's face-recognition ResNet "
+            f"(weight {ckpt['config']['teacher_embed_weight']}) and the gender and ethnicity heads also matched "
+            f"linear probes on it (weight {ckpt['config']['teacher_soft_weight']}); the teacher saw the 200×200 colour "
+            f"originals (its probes on validation originals: gender {pct(teacher['scores']['val']['gender_acc'])}, "
+            f"ethnicity {pct(teacher['scores']['val']['ethnicity_acc'])}). The head is not shipped; dlib is not "
+            "needed to run the model. Teacher weights: public domain (Davis King); the 68-point landmark model "
+            "with a non-commercial licence is not used."
+        )
+    refit = ckpt.get("age_refit")
+    if refit:
+        add(
+            f"- Age heads refitted on the frozen backbone with age-balanced weights (power {refit['age_balance']}, "
+            f"chosen on validation: {refit['rule']}; `results/age_refit_v2.json`)."
+        )
     add("")
-    add(source("release.json", release))
+    add(source(files["release"], release))
     add("")
     add("## Data and licence")
     add("")
@@ -130,7 +210,7 @@ def main() -> None:
         "Others) and age 1–116, all annotated from the photo, not self-reported."
     )
     add("")
-    add(source("report_cpu60.json", report))
+    add(source(files["report"], report))
     add("")
     add(f"## Test metrics ({report['n']:,} faces, 95 % bootstrap CIs)")
     add("")
@@ -146,7 +226,7 @@ def main() -> None:
     add(f"| age MAE (years) | {ci_years(head['age_mae'])} |")
     add(f"| age within 5 years (CS@5) | {ci_pct(head['age_cs5'])} |")
     add("")
-    add(source("report_cpu60.json", report))
+    add(source(files["report"], report))
     add("")
     f32, f16 = w["test_float32"], w["test_float16"]
     add(
@@ -155,7 +235,7 @@ def main() -> None:
         f"{pct(f16['ethnicity_acc'], 2)}, age MAE {f32['age_mae']:.3f} → {f16['age_mae']:.3f} years."
     )
     add("")
-    add(source("release.json", release))
+    add(source(files["release"], release))
     add("")
     add("Per class (test):")
     add("")
@@ -192,7 +272,7 @@ def main() -> None:
                 )
         add("Largest gaps: " + "; ".join(parts) + ".")
         add("")
-    add(source("report_cpu60.json", report))
+    add(source(files["report"], report))
     add("")
     ai = report.get("age_interval")
     if ai:
@@ -220,7 +300,7 @@ def main() -> None:
             + (f"here the ranges fall short for {', '.join(short)}." if short else "no band falls short here.")
         )
         add("")
-        add(source("report_cpu60.json", report))
+        add(source(files["report"], report))
         add("")
     add("## Calibration")
     add("")
@@ -245,7 +325,7 @@ def main() -> None:
     elif all(t > 1 for t in temps):
         add("Both temperatures are above 1: the raw network was over-confident.")
     add("")
-    add(source("report_cpu60.json", report))
+    add(source(files["report"], report))
     add("")
     add("## On photos (detection, alignment, then the model)")
     add("")
@@ -261,8 +341,9 @@ def main() -> None:
         "(other cameras, poses, lighting, populations) is not measured here and will be lower."
     )
     add("")
-    add(source("external_utk.json", external))
+    add(source(files["external"], external))
     add("")
+    out_of_domain(add, name)
     add("## Known failure modes (clusters of test errors)")
     add("")
     add(
@@ -283,7 +364,7 @@ def main() -> None:
         "Read the per-group tables before relying on any output for a group."
     )
     add("")
-    add(source("clusters_cpu60.json", clusters))
+    add(source(files["clusters"], clusters))
     add("")
     add(f"## Speed ({bench['machine']['cpu']}, {bench['machine']['cores_used']} CPU cores, no GPU)")
     add("")

@@ -257,7 +257,12 @@ def main() -> None:
         for name, v in r["variants"].items():
             t = v.get("training")
             if t:
-                extra = f", augment {t['config']['augment']}" if t["config"].get("augment") else ""
+                c = t["config"]
+                extra = f", augment {c['augment']}" if c.get("augment") else ""
+                if c.get("teacher"):
+                    extra += f", teacher embed {c['teacher_embed_weight']} soft {c['teacher_soft_weight']}"
+                if c.get("age_balance"):
+                    extra += f", age_balance {c['age_balance']}"
                 print(
                     f"- {name}: trained {t['epochs_run']} epochs, {t['train_minutes']} min on {t['device']} "
                     f"(width {t['config'].get('width')}{extra})"
@@ -268,6 +273,29 @@ def main() -> None:
             key=lambda t: t[1],
         )[:3]
         print("- hardest corruptions for gender (first model): " + ", ".join(f"{k} {pct(g)}" for k, g, _, _ in worst))
+    r = load("teacher_dlib.json")
+    if r:
+        print(f"\n`{r['command']}` ({r['teacher']}; {r['input']}; {r['probes']}):\n")
+        print("| faces | embedded | gender | ethnicity | eth. macro-F1 | age MAE |")
+        print("|---|---|---|---|---|---|")
+        for split, m in r["scores"].items():
+            print(
+                f"| {split} ({m['faces']:,}) | {m['embedded']:,} | {pct(m['gender_acc'])} | {pct(m['ethnicity_acc'])} | "
+                f"{m['ethnicity_macro_f1']:.3f} | {m['age_mae']:.2f} |"
+            )
+        print(f"- missing: {r['missing']}; {r['seconds']} s")
+    r = load("age_refit_v2.json")
+    if r:
+        print(f"\n`{r['command']}` (rule: {r['rule']}; validation split):\n")
+        print("| age heads | routing T | MAE | balanced MAE | signed error by decade |")
+        print("|---|---|---|---|---|")
+        rows = [("as trained", r["model"])] + [(f"refit, age_balance {k}", c) for k, c in r["candidates"].items()]
+        for label, c in rows:
+            signed = ", ".join(f"{k} {e:+.1f}" for k, e in c["signed_error_by_decade"].items())
+            mark = " (chosen)" if label == f"refit, age_balance {r['chosen']}" else ""
+            print(
+                f"| {label}{mark} | {c['routing_temperature']} | {c['mae']:.3f} | {c['balanced_mae']:.3f} | {signed} |"
+            )
     r = load("audit_accuracy.json")
     if r:
         print(

@@ -1,5 +1,5 @@
 """The shipped model's answers on the canonical validation split, packaged beside its weights
-(weights/utkface48-v1.validation.npz): what `faceattr audit` corrects its population estimates
+(weights/NAME.validation.npz, NAME the default model): what `faceattr audit` corrects its population estimates
 with (confusion matrices of the classifier's errors). Validation only: the test split stays
 for measuring the estimates (bench/audit_accuracy.py).
 

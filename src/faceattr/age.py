@@ -68,6 +68,19 @@ def bin_labels(edges: np.ndarray) -> list[str]:
     return [f"{int(lo)}-{int(hi) - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
+def age_weights(ages: np.ndarray, power: float, band: int = 5) -> np.ndarray:
+    """Per-face loss weights (N,) = (faces in the face's ``band``-year age band) ** -power,
+    scaled to mean 1 over ``ages``; power 0 gives all ones.
+
+    >>> age_weights(np.array([1, 2, 3, 30]), 1.0).round(3).tolist()
+    [0.667, 0.667, 0.667, 2.0]
+    """
+    band_of = (np.asarray(ages, dtype=float) // band).astype(int)
+    counts = np.bincount(band_of)
+    w = counts[band_of].astype(float) ** -float(power)
+    return w / w.mean()
+
+
 def two_stage_heads(n_bins: int = 6) -> dict[str, int]:
     """FaceNet heads for the two-stage estimator: bin logits and one regressor per bin."""
     return {"age_bin": n_bins, "age_reg": n_bins}
@@ -93,8 +106,10 @@ def two_stage_loss(
     edges: np.ndarray | Tensor,
     smoothing: float = 0.1,
     reg_weight: float = 0.1,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Cross-entropy on the true bin plus ``reg_weight`` x smooth-L1 of the true bin's regressor.
+    """Cross-entropy on the true bin plus ``reg_weight`` x smooth-L1 of the true bin's regressor,
+    averaged over faces (weighted by ``weights`` (B,) when given, see ``age_weights``).
 
     bin_logits, reg_out: (B, K); ages: (B,) true ages; edges: (K + 1,) from ``bin_edges``.
     Only the true bin's regressor is trained on a sample (teacher forcing), so each regressor
@@ -109,9 +124,12 @@ def two_stage_loss(
     """
     ages = ages.to(reg_out.dtype)
     true_bin = age_to_bin(ages, edges)
-    ce = F.cross_entropy(bin_logits, true_bin, label_smoothing=smoothing)
+    ce = F.cross_entropy(bin_logits, true_bin, label_smoothing=smoothing, reduction="none")
     pred = bin_ages(reg_out, edges).gather(1, true_bin[:, None]).squeeze(1)  # (B,)
-    return ce + reg_weight * F.smooth_l1_loss(pred, ages, beta=1.0)
+    per_face = ce + reg_weight * F.smooth_l1_loss(pred, ages, beta=1.0, reduction="none")
+    if weights is None:
+        return per_face.mean()
+    return (per_face * weights.to(per_face.dtype)).mean()
 
 
 def decode_two_stage(

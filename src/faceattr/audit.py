@@ -28,6 +28,7 @@ from faceattr.collection import Item, fingerprint, kind_of, shards
 from faceattr.imageio import PHOTO_SUFFIXES
 from faceattr.inputerror import InputError
 from faceattr.labels import AGE_BAND_NAMES, AGE_BANDS, ETHNICITIES, GENDERS
+from faceattr.pretrained import PRETRAINED
 from faceattr.quantify import (
     FAIRFACE_AGE_EDGES,
     FAIRFACE_AGE_GROUPS,
@@ -77,7 +78,7 @@ def target_probs(faces: dict[str, np.ndarray], target: str) -> np.ndarray:
 def load_validation() -> dict[str, np.ndarray]:
     """The shipped model's answers on the canonical validation faces, with their true labels
     (``tools/validation_predictions.py``): the confusion the estimates are corrected with."""
-    path = resources.files("faceattr.weights").joinpath("utkface48-v1.validation.npz")
+    path = resources.files("faceattr.weights").joinpath(f"{PRETRAINED['default']}.validation.npz")
     with resources.as_file(path) as f, np.load(f) as z:
         v = {k: z[k] for k in z.files}
     truth_age = v["age"].astype(float)
@@ -406,4 +407,4 @@ def _reason_kind(error: str) -> str:
 
 
 def _model_version(manifest: dict) -> str:
-    return f"faceattr {manifest['faceattr_version']} / utkface48-v1 (shipped)"
+    return f"faceattr {manifest['faceattr_version']} / {PRETRAINED['default']} (shipped)"

@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="faces in photos: box, landmarks, age, gender, ethnicity")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
     p.add_argument(
-        "--model", type=Path, help="run folder, checkpoint or .onnx file (default: the weights shipped in the package)"
+        "--model",
+        type=Path,
+        help="run folder, checkpoint or .onnx file, or a packaged model: default, reference48 "
+        "(default: the weights shipped as default)",
     )
     p.add_argument(
         "--backend",
@@ -155,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API (/v1/predict, /v1/model, /healthz, /docs) and a page to try a photo")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--model", type=Path, help="run folder, checkpoint or .onnx file (default: the shipped weights)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="run folder, checkpoint or .onnx file, or a packaged model: default, reference48 (default: default)",
+    )
     p.add_argument(
         "--backend",
         choices=["onnx", "torch"],

@@ -44,6 +44,15 @@ class TrainConfig:
     age_head: str = "two_stage"  # two_stage | direct | dex
     age_bins: int = 6
     age_reg_weight: float = 0.1  # weight of the in-bin regression (years) against the bin cross-entropy
+    # > 0 weights each face's age loss by (training faces in its 5-year age band) ** -age_balance
+    # (mean weight 1): the rare old and very young faces count more, against the pull to the middle.
+    age_balance: float = 0.0
+    # Distillation from a face teacher (faceattr.teacher): a cache of its embeddings and probe
+    # answers per training face, and the weights of regressing the embedding (cosine) and of
+    # matching the probes' gender/ethnicity probabilities (soft cross-entropy).
+    teacher: str = ""
+    teacher_embed_weight: float = 0.0
+    teacher_soft_weight: float = 0.0
     init_from: str = ""  # checkpoint whose matching weights start this run (fine-tuning)
     patience: int = 8  # epochs without a better validation score before stopping
     max_minutes: float = 0.0  # wall-clock cap on training + validation (0 = none); the schedule is not rescaled
@@ -190,6 +199,15 @@ def _check(cfg: TrainConfig) -> None:
         (set(cfg.tasks) <= set(cfg.task_weights), "task_weights", "a weight for every task in tasks"),
         (cfg.age_head in AGE_HEADS, "age_head", choice(AGE_HEADS)),
         (2 <= cfg.age_bins <= 20, "age_bins", "in 2..20"),
+        (0 <= cfg.age_balance <= 2, "age_balance", "in [0, 2]"),
+        (cfg.age_balance == 0 or cfg.age_head == "two_stage", "age_balance", "0 unless age_head is two_stage"),
+        (cfg.teacher_embed_weight >= 0, "teacher_embed_weight", ">= 0"),
+        (cfg.teacher_soft_weight >= 0, "teacher_soft_weight", ">= 0"),
+        (
+            bool(cfg.teacher) or cfg.teacher_embed_weight == cfg.teacher_soft_weight == 0,
+            "teacher",
+            "a teacher cache (.npz) when teacher_embed_weight or teacher_soft_weight > 0",
+        ),
     ]
     for ok, key, expected in checks:
         if not ok:

@@ -22,7 +22,7 @@ from faceattr.checkpoint import age_spec, model_from_checkpoint
 from faceattr.labels import AGE_MAX, AGE_MIN, CLASS_NAMES
 from faceattr.model import FaceNet
 from faceattr.onnxmodel import INPUT_NAME
-from faceattr.tasks import AgeSpec, decode_age
+from faceattr.tasks import TEACHER_HEAD, AgeSpec, decode_age
 
 ONNX_OPSET = 18
 
@@ -82,7 +82,7 @@ def output_names(heads: dict[str, int], age: AgeSpec | None, age_ranges: bool = 
         names += ["age", "age_bin_prob"] if age.head == "two_stage" else ["age"]
     if age_ranges:
         names += ["age_low", "age_high"]
-    return names + [f"{head}_logits" for head in heads]
+    return names + [f"{head}_logits" for head in heads if head != TEACHER_HEAD]
 
 
 def inference_model(

@@ -343,17 +343,20 @@ def _check_backend(backend: str) -> None:
 
 
 def _is_packaged(path: Path) -> bool:
-    from faceattr.pretrained import packaged_file
+    from faceattr.pretrained import PRETRAINED, packaged_file
 
-    return path.resolve() == packaged_file().resolve()
+    return any(path.resolve() == packaged_file(name).resolve() for name in PRETRAINED)
 
 
 def load_predictor(model: str | Path | None, backend: str | None = None, device: str = "cpu", **options) -> Predictor:
-    """What ``--model`` and ``--backend`` name: the shipped weights (no model; ONNX Runtime
-    unless torch is asked for), a run folder or checkpoint (PyTorch unless onnx is asked for),
+    """What ``--model`` and ``--backend`` name: the shipped weights (no model, or a packaged
+    name such as ``reference48``; ONNX Runtime unless torch is asked for), a run folder or checkpoint (PyTorch unless onnx is asked for),
     or an exported .onnx file (ONNX Runtime only)."""
-    if model is None:
-        return Predictor.from_pretrained(device=device, backend=backend or "onnx", **options)
+    from faceattr.pretrained import packaged_name
+
+    name = packaged_name(model)
+    if name is not None:
+        return Predictor.from_pretrained(name, device=device, backend=backend or "onnx", **options)
     if Path(model).suffix.lower() == ".onnx":
         if backend == "torch":
             raise InputError(f"--model {model}: an ONNX file runs with --backend onnx")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from faceattr.inputerror import InputError
 
-PRETRAINED = {"default": "utkface48-v1"}  # name -> file stem in faceattr/weights
+# name -> file stem in faceattr/weights. ``reference48`` is the reference design (48x48 gray
+# ResNet-18, labels only), kept selectable by name whatever ships as the default.
+PRETRAINED = {"default": "utkface48-v1", "reference48": "utkface48-v1"}
 WEIGHT_SUFFIXES = (".pt", ".onnx")
 
 
@@ -21,6 +23,16 @@ def packaged_file(name: str = "default", suffix: str = ".pt") -> Path:
     if suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"suffix must be one of {WEIGHT_SUFFIXES}, got {suffix!r}")
     return Path(str(resources.files("faceattr.weights").joinpath(PRETRAINED[name] + suffix)))
+
+
+def packaged_name(model: str | Path | None) -> str | None:
+    """The packaged model a ``--model`` value names (``default``, ``reference48``), or None when
+    it names a path (an existing file or folder of that name wins)."""
+    if model is None:
+        return "default"
+    if str(model) in PRETRAINED and not Path(model).exists():
+        return str(model)
+    return None
 
 
 def pretrained_path(name: str = "default", suffix: str = ".pt") -> Path:

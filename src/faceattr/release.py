@@ -24,6 +24,7 @@ from faceattr.calibration import calibration_of, half_widths
 from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.inputerror import InputError
 from faceattr.pretrained import PRETRAINED, packaged_file, pretrained_path
+from faceattr.tasks import TEACHER_HEAD
 
 PRETRAINED_NAME = PRETRAINED["default"]
 MAX_RELEASE_BYTES = 25_000_000  # 25 MB: what we promise a pip install costs per weight file
@@ -38,12 +39,19 @@ def half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def release_checkpoint(ckpt: dict, calibration: dict, release: dict) -> dict:
     """The shippable form of a loaded checkpoint: float16 weights, what rebuilds and decodes the
-    model, the calibration (temperatures, age ranges) and the ``release`` record; no optimiser
-    or history."""
+    model, the calibration (temperatures, age ranges) and the ``release`` record; no optimiser,
+    history or training-only head."""
     keep = ("format", "version", "model_args", "config", "tasks", "class_names", "age", "preprocessing")
-    keep += ("split_hash", "data", "epoch", "metrics")
+    keep += ("split_hash", "data", "epoch", "metrics", "age_refit")
     out = {k: ckpt[k] for k in keep if k in ckpt}
-    out["model"] = half_weights(ckpt["model"])
+    # A distillation head only carried the teacher into the backbone during training; users get
+    # the network without it.
+    prefix = f"heads.{TEACHER_HEAD}."
+    out["model_args"] = {
+        **ckpt["model_args"],
+        "heads": {h: n for h, n in ckpt["model_args"]["heads"].items() if h != TEACHER_HEAD},
+    }
+    out["model"] = half_weights({k: v for k, v in ckpt["model"].items() if not k.startswith(prefix)})
     out["calibration"] = {"temperature": dict(calibration.get("temperature") or {}), "fitted_on": "val"}
     if calibration.get("age_interval"):
         out["calibration"]["age_interval"] = dict(calibration["age_interval"])

@@ -16,6 +16,8 @@ from faceattr.labels import CLASS_NAMES
 
 TASKS = ("gender", "ethnicity", "age")
 AGE_HEADS = ("two_stage", "direct", "dex")
+# Trained only to carry a teacher's knowledge into the backbone; never part of a prediction.
+TEACHER_HEAD = "teacher_embed"
 
 
 @dataclass
@@ -75,14 +77,40 @@ def total_loss(
         if task in CLASS_NAMES:
             loss = loss + w * F.cross_entropy(out[task].float(), targets[task], label_smoothing=smoothing)
         elif task == "age":
-            loss = loss + w * age_loss(out, targets["age"], age, smoothing, age_reg_weight)
+            loss = loss + w * age_loss(out, targets["age"], age, smoothing, age_reg_weight, targets.get("age_weight"))
     return loss
 
 
-def age_loss(out: dict[str, Tensor], ages: Tensor, age: AgeSpec, smoothing: float, reg_weight: float) -> Tensor:
+def teacher_loss(out: dict[str, Tensor], targets: dict[str, Tensor], embed_weight: float, soft_weight: float) -> Tensor:
+    """Distillation terms over the faces the teacher answered (``teacher_has``): ``embed_weight``
+    x (1 - cosine) between the teacher head and the teacher's embedding, and ``soft_weight`` x the
+    cross-entropy of the gender and ethnicity heads against the teacher probes' probabilities."""
+    has = targets["teacher_has"].float()
+    n = has.sum().clamp(min=1.0)
+    loss = torch.zeros((), device=has.device)
+    if embed_weight > 0:
+        cos = F.cosine_similarity(out[TEACHER_HEAD].float(), targets["teacher_embedding"], dim=1)
+        loss = loss + embed_weight * ((1 - cos) * has).sum() / n
+    if soft_weight > 0:
+        for task in ("gender", "ethnicity"):
+            if task in out:
+                ce = -(targets[f"teacher_{task}"] * F.log_softmax(out[task].float(), 1)).sum(1)
+                loss = loss + soft_weight * (ce * has).sum() / n
+    return loss
+
+
+def age_loss(
+    out: dict[str, Tensor],
+    ages: Tensor,
+    age: AgeSpec,
+    smoothing: float,
+    reg_weight: float,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """The age head's loss; ``weights`` (B,) per face (two-stage head only, see ``age_weights``)."""
     if age.head == "two_stage":
         return agemod.two_stage_loss(
-            out["age_bin"].float(), out["age_reg"].float(), ages, age.edges, smoothing, reg_weight
+            out["age_bin"].float(), out["age_reg"].float(), ages, age.edges, smoothing, reg_weight, weights
         )
     if age.head == "direct":
         return agemod.direct_loss(out["age_direct"].float(), ages, age.mean, age.std)

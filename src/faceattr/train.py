@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from faceattr import __version__
-from faceattr.age import fit_routing_temperature
+from faceattr.age import age_weights, fit_routing_temperature
 from faceattr.atomic import atomic_path, write_json
 from faceattr.augment import AugmentConfig, augment_batch, strength_per_class
 from faceattr.cache import Prepared, load_prepared
@@ -37,7 +37,17 @@ from faceattr.preprocess import normalize, to_input, to_unit
 from faceattr.runs import BEST, CONFIG, HISTORY, LAST, METRICS
 from faceattr.sampling import class_sample_weights, epoch_indices
 from faceattr.split import split_hash
-from faceattr.tasks import AgeSpec, decode, make_age_spec, model_heads, predicted_bin, total_loss
+from faceattr.tasks import (
+    TEACHER_HEAD,
+    AgeSpec,
+    decode,
+    make_age_spec,
+    model_heads,
+    predicted_bin,
+    teacher_loss,
+    total_loss,
+)
+from faceattr.teacher import EMBED_DIM, load_cache
 
 # What last.pt holds beyond the weights file (best.pt): the state an exact resume needs.
 TRAINING_STATE = (
@@ -288,8 +298,12 @@ class Run:
         return self.rank == 0
 
     def loss(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        task_weights = {t: self.cfg.task_weights[t] for t in self.cfg.tasks}
-        return total_loss(out, targets, task_weights, self.cfg.label_smoothing, self.age, self.cfg.age_reg_weight)
+        cfg = self.cfg
+        task_weights = {t: cfg.task_weights[t] for t in cfg.tasks}
+        loss = total_loss(out, targets, task_weights, cfg.label_smoothing, self.age, cfg.age_reg_weight)
+        if cfg.teacher:
+            loss = loss + teacher_loss(out, targets, cfg.teacher_embed_weight, cfg.teacher_soft_weight)
+        return loss
 
 
 @dataclass
@@ -341,7 +355,10 @@ def setup(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path) -> Run:
     mean = float(train_set.images.mean() / 255)
     std = float(train_set.images.std() / 255)
     age = make_age_spec(cfg.age_head, cfg.age_bins, train_set.age) if "age" in cfg.tasks else None
-    model = FaceNet(train_set.channels, cfg.width, cfg.stem, cfg.dropout, model_heads(cfg.tasks, age)).to(device)
+    heads = model_heads(cfg.tasks, age)
+    if cfg.teacher_embed_weight > 0:
+        heads[TEACHER_HEAD] = EMBED_DIM
+    model = FaceNet(train_set.channels, cfg.width, cfg.stem, cfg.dropout, heads).to(device)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / (cfg.batch_size // world))
     scheduler = make_scheduler(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
@@ -392,13 +409,26 @@ def make_feed(
     weights, the per-class augmentation strength and the seeded generators."""
     ethnicity = train_set.ethnicity.astype(np.int64)
     counts = np.bincount(ethnicity, minlength=len(CLASS_NAMES["ethnicity"]))
+    targets = {
+        "gender": train_set.gender.astype(np.int64),
+        "ethnicity": ethnicity,
+        "age": train_set.age.astype(np.float32),
+    }
+    if cfg.age_balance > 0:
+        targets["age_weight"] = age_weights(train_set.age, cfg.age_balance).astype(np.float32)
+    if cfg.teacher:
+        teacher = load_cache(cfg.teacher, train_set.ids)
+        if not teacher.has.any():
+            raise InputError(f"{cfg.teacher}: the teacher cache answers none of the {len(train_set)} training faces")
+        targets.update(
+            teacher_has=teacher.has,
+            teacher_embedding=teacher.embedding,
+            teacher_gender=teacher.gender_prob,
+            teacher_ethnicity=teacher.ethnicity_prob,
+        )
     return Feed(
         images=torch.from_numpy(train_set.images).to(device),
-        targets={
-            "gender": torch.from_numpy(train_set.gender.astype(np.int64)).to(device),
-            "ethnicity": torch.from_numpy(ethnicity).to(device),
-            "age": torch.from_numpy(train_set.age.astype(np.float32)).to(device),
-        },
+        targets={task: torch.from_numpy(value).to(device) for task, value in targets.items()},
         sample_weights=class_sample_weights(ethnicity, cfg.sampling),
         strength=strength_per_class(counts, cfg.minority_power, cfg.max_strength).to(device),
         aug=AugmentConfig(**cfg.augment),
@@ -440,6 +470,11 @@ def checkpoint_state(run: Run) -> dict:
 
 def start(run: Run, log: Callable) -> Progress:
     """A fresh run: optionally initialised from another run's weights (``cfg.init_from``)."""
+    if run.cfg.teacher and run.main:
+        has = run.feed.targets["teacher_has"]
+        log(
+            f"teacher {run.cfg.teacher}: targets for {int(has.sum())} of {len(has)} training faces (the rest: labels only)"
+        )
     if run.cfg.init_from:
         fresh = init_from_checkpoint(run.model, run.cfg.init_from, run.split_id)
         if run.main:
