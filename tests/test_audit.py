@@ -232,8 +232,12 @@ def test_an_interrupted_audit_resumes_without_losing_or_repeating_a_photo(photos
     assert "2 shard(s) written this run" in lines  # shards 2 and 3 of 0..3; 0 and 1 were kept
     names = pq.read_table(out / "photos.parquet").column("photo").to_pylist()
     assert len(names) == len(set(names)) == report["counts"]["photos"] == 7
-    with pytest.raises(InputError, match="another collection or with other settings"):
+    with pytest.raises(InputError, match="another collection, with other settings"):
         audit(photos, out, shard_size=3, n_boot=10, log=lambda *_: None)
+    # The same audit resumed after the default model changed would mix two models' answers.
+    monkeypatch.setitem(auditmod.PRETRAINED, "default", "another-model")
+    with pytest.raises(InputError, match="by another model"):
+        audit(photos, out, shard_size=2, n_boot=10, log=lambda *_: None)
 
 
 def test_a_dask_cluster_that_loses_a_worker_still_counts_every_photo_once(tmp_path):

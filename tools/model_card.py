@@ -147,7 +147,7 @@ def main() -> None:
     add("")
     add(
         f"- Architecture: ResNet-18 layout (torchvision `BasicBlock`s, blocks 2-2-2-2) with a small-image stem "
-        f"(`{report['config_name']}` profile: 3×3 stride-2 conv + max-pool, widths 64-128-256-512), one linear head "
+        f"(stem `{shipped_checkpoint()['config']['stem']}`: 3×3 stride-2 conv + max-pool, widths 64-128-256-512), one linear head "
         f"per output; {bench['parameters']:,} parameters."
     )
     add(

@@ -133,7 +133,7 @@ def main() -> None:
                     f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
                 )
 
-    for name in ("external_utk.json", "external_utk_shipped.json"):
+    for name in ("external_utk.json", "external_utk_shipped.json", "external_utk_v2.json"):
         r = load(name)
         if not r:
             continue
@@ -145,17 +145,20 @@ def main() -> None:
         for key in ("gender_accuracy", "ethnicity_accuracy"):
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
-    r = load("release_onnx.json")
-    if r:
-        o = r["onnx"]
-        print(
-            f"\n`{r['command']}`: {o['path']}, {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
-            f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
-        )
+    for name in ("release_onnx.json", "release_onnx_v2.json"):
+        r = load(name)
+        if r:
+            o = r["onnx"]
+            print(
+                f"\n`{r['command']}`: {o['path']}, {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
+                f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
+            )
 
-    r = load("release.json")
-    if r:
-        w, o = r["weights"], r["onnx"]
+    for name in ("release.json", "release_v2.json"):
+        r = load(name)
+        if not r:
+            continue
+        w, o = r["weights"], r.get("onnx")
         print(f"\n`{r['command']}`:\n")
         print(f"- weights {w['path']}: {w['megabytes']} MB (float16)")
         print("\n| test split | float32 (run) | float16 (shipped) |")
@@ -164,10 +167,11 @@ def main() -> None:
             a, b = w["test_float32"][key], w["test_float16"][key]
             fmt = (lambda v: f"{v:.3f} y") if key == "age_mae" else pct
             print(f"| {key} | {fmt(a)} | {fmt(b)} |")
-        print(
-            f"\n- ONNX {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
-            f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
-        )
+        if o:
+            print(
+                f"\n- ONNX {o['megabytes']} MB, max |PyTorch − ONNX Runtime| over all outputs "
+                f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
+            )
     r = load("bench_predict.json")
     if r:
         m = r["machine"]

@@ -180,6 +180,8 @@ def audit(
         "shard_size": shard_size,
         "settings": {"detect_size": detect_size},
         "faceattr_version": __version__,
+        # Shards of one audit come from one model: a resume after the default model changed is refused.
+        "model": PRETRAINED["default"],
     }
     # One ONNX Runtime thread per worker process; all the cores for a single process.
     settings = {"detect_size": detect_size, "threads": 1 if (workers or cluster) else None}
@@ -212,7 +214,8 @@ def _start_or_resume(out_dir: Path, shard_dir: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         if old != manifest:
             raise InputError(
-                f"--out {out_dir}: holds an audit of another collection or with other settings; choose a new folder"
+                f"--out {out_dir}: holds an audit of another collection, with other settings or by another model; "
+                "choose a new folder"
             )
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"--out {out_dir}: exists and is not an audit folder; choose a new or empty folder")
@@ -407,4 +410,4 @@ def _reason_kind(error: str) -> str:
 
 
 def _model_version(manifest: dict) -> str:
-    return f"faceattr {manifest['faceattr_version']} / {PRETRAINED['default']} (shipped)"
+    return f"faceattr {manifest['faceattr_version']} / {manifest['model']} (shipped)"
