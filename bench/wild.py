@@ -32,11 +32,10 @@ from faceattr.atomic import write_json
 from faceattr.cache import load_prepared
 from faceattr.corruptions import ALSO_IN_TRAINING, CORRUPTIONS, SEVERITIES, corrupt, photo_seed
 from faceattr.labels import AGE_MAX
+from faceattr.metrics import decade_errors
 from faceattr.originals import match_rows, utk_files
 from faceattr.predictor import load_predictor
 from faceattr.quantify import FAIRFACE_AGE_EDGES, age_group_of
-
-DECADES = tuple(range(0, 80, 10))  # 0-9, ..., 70+
 
 
 def scores(gender, ethnicity, age, pred: list[dict | None]) -> dict:
@@ -62,12 +61,7 @@ def scores(gender, ethnicity, age, pred: list[dict | None]) -> dict:
     if known_a.any():
         err = pa[known_a] - a[known_a]
         out["age_mae"] = round(float(np.abs(err).mean()), 3)
-        decade = np.minimum(a[known_a] // 10 * 10, DECADES[-1])
-        out["age_signed_error_by_decade"] = {
-            (f"{d}-{d + 9}" if d < DECADES[-1] else f"{d}+"): round(float(err[decade == d].mean()), 2)
-            for d in DECADES
-            if (decade == d).any()
-        }
+        out["age_signed_error_by_decade"] = decade_errors(pa[known_a], a[known_a])["signed_error_by_decade"]
         groups_true = age_group_of(a[known_a], FAIRFACE_AGE_EDGES)
         groups_pred = age_group_of(pa[known_a], FAIRFACE_AGE_EDGES)
         out["age_group_acc"] = round(float((groups_true == groups_pred).mean()), 4)

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from faceattr.agerefit import decade_errors, refit_age_heads
+from faceattr.agerefit import refit_age_heads
 from faceattr.cache import load_prepared
 from faceattr.checkpoint import load_checkpoint
+from faceattr.metrics import decade_errors
 
 
 def test_decade_errors_pool_70_plus_and_weigh_decades_equally():

@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from faceattr.agerefit import refit_age_heads
 from faceattr.atomic import write_json
 from faceattr.checkpoint import load_checkpoint, save_checkpoint
@@ -34,7 +32,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
     best, before = args.run / "best.pt", args.run / "best_before_refit.pt"
     if not before.is_file():
         shutil.copy2(best, before)

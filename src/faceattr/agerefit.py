@@ -26,24 +26,10 @@ from torch import nn
 from faceattr.age import age_weights, fit_routing_temperature, soft_route, two_stage_loss
 from faceattr.cache import Prepared
 from faceattr.checkpoint import age_spec, model_from_checkpoint
+from faceattr.metrics import decade_errors
 from faceattr.model import FaceNet
 from faceattr.preprocess import to_input
 from faceattr.tasks import decode
-
-DECADES = 8  # 0-9, ..., 60-69, 70+
-
-
-def decade_errors(pred: np.ndarray, true: np.ndarray) -> dict:
-    """MAE, balanced MAE and the signed error per decade of true age (70+ pooled)."""
-    pred, true = np.asarray(pred, float), np.asarray(true, float)
-    decade = np.minimum(true // 10, DECADES - 1).astype(int)
-    present = [d for d in range(DECADES) if (decade == d).any()]
-    label = {d: f"{10 * d}-{10 * d + 9}" if d < DECADES - 1 else f"{10 * d}+" for d in present}
-    return {
-        "mae": round(float(np.abs(pred - true).mean()), 4),
-        "balanced_mae": round(float(np.mean([np.abs(pred - true)[decade == d].mean() for d in present])), 4),
-        "signed_error_by_decade": {label[d]: round(float((pred - true)[decade == d].mean()), 2) for d in present},
-    }
 
 
 @torch.inference_mode()

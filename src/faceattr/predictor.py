@@ -350,8 +350,8 @@ def _is_packaged(path: Path) -> bool:
 
 def load_predictor(model: str | Path | None, backend: str | None = None, device: str = "cpu", **options) -> Predictor:
     """What ``--model`` and ``--backend`` name: the shipped weights (no model, or a packaged
-    name such as ``reference48``; ONNX Runtime unless torch is asked for), a run folder or checkpoint (PyTorch unless onnx is asked for),
-    or an exported .onnx file (ONNX Runtime only)."""
+    name such as ``reference48``; ONNX Runtime unless torch is asked for), a run folder or
+    checkpoint (PyTorch unless onnx is asked for), or an exported .onnx file (ONNX Runtime only)."""
     from faceattr.pretrained import packaged_name
 
     name = packaged_name(model)

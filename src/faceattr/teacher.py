@@ -16,6 +16,7 @@ probe that never saw it), so a student can regress the embedding and/or match th
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +111,6 @@ def cross_fitted(
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     """The teacher cache as one .npz (atomically): CACHE_KEYS arrays plus a JSON ``meta`` string."""
-    import json
-
     missing = [k for k in CACHE_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"teacher cache needs {missing}")
