@@ -1,6 +1,7 @@
 """The out-of-domain yardstick: one model, scored in one run on
 
-- the canonical split's 48x48 faces (in domain; --split test reports, --split val decides);
+- the canonical split's 48x48 faces (in domain; --split test reports, --split val decides), or
+  with --canonical the same rows at the model's own input (tools/originals_prepared.py);
 - UTK-C: the same split's UTKFace originals under the fixed corruption suite of
   faceattr.corruptions (10 corruptions x 3 severities, seeded per photo), through the whole
   photo path (detect, align, classify), on --per-cell photos drawn once (seeded);
@@ -130,6 +131,11 @@ def main() -> None:
     )
     ap.add_argument("--split", choices=["val", "test"], default="test", help="val decides, test only reports")
     ap.add_argument("--data", type=Path, default=Path("prepared/kaggle48"), help="the canonical prepared table")
+    ap.add_argument(
+        "--canonical",
+        type=Path,
+        help="the same rows at the model's input (tools/originals_prepared.py), for a model whose input is not --data's",
+    )
     ap.add_argument("--archive", type=Path, default=Path("../shared/data/UTKFace.tar.gz"))
     ap.add_argument("--frl", type=Path, default=Path("../shared/data/frl244"))
     ap.add_argument("--per-cell", type=int, default=300, help="photos per corruption and severity (default 300)")
@@ -152,6 +158,7 @@ def main() -> None:
             "epochs_run": m.get("epochs_run"),
             "train_minutes": m.get("train_minutes"),
             "device": m.get("device"),
+            "input": f"{predictor.size} px {'gray' if predictor.gray else 'RGB'}",
             "config": {
                 k: m["config"][k]
                 for k in (
@@ -170,9 +177,16 @@ def main() -> None:
         }
 
     print("canonical faces ...", file=sys.stderr)
-    if predictor.size == part.size and predictor.gray == (part.channels == 1):
-        answers = predictor.attributes(part.images)
-        result["canonical"] = scores(part.gender, part.ethnicity, part.age, answers)
+    canon = part
+    if args.canonical is not None:
+        other = load_prepared(args.canonical)
+        if not np.array_equal(other.data.ids, prepared.data.ids):
+            sys.exit(f"--canonical {args.canonical}: its rows are not those of --data {args.data}")
+        canon = other.data.subset(other.split == args.split)  # rows without an original are excluded there
+        result["canonical_data"] = str(args.canonical)
+    if predictor.size == canon.size and predictor.gray == (canon.channels == 1):
+        answers = predictor.attributes(canon.images)
+        result["canonical"] = scores(canon.gender, canon.ethnicity, canon.age, answers)
     else:  # another input: the canonical faces go through the photo path instead (UTK-C clean row)
         result["canonical"] = None
 

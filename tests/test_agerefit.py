@@ -1,14 +1,59 @@
 """Refitting the two-stage age heads with age-balanced weights (faceattr.agerefit): only the age
-heads change, every candidate is scored on validation, and the choice follows the stated rule."""
+heads change, every candidate is scored on validation with and without the distribution map, and
+the choice follows the stated rule. The map (faceattr.age) answers the same in PyTorch and ONNX."""
 
 import numpy as np
 import pytest
 import torch
 
-from faceattr.agerefit import refit_age_heads
+from faceattr.age import apply_distribution_map, fit_distribution_map
+from faceattr.agerefit import refit_age_heads, tail_bias
 from faceattr.cache import load_prepared
-from faceattr.checkpoint import load_checkpoint
+from faceattr.checkpoint import load_checkpoint, save_checkpoint
 from faceattr.metrics import decade_errors
+from faceattr.predictor import Predictor
+
+
+def test_distribution_map_spreads_shrunk_answers_back_onto_the_true_ages_in_order():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 90, 4000)
+    shrunk = 35 + 0.6 * (true - 35) + rng.normal(0, 3, true.size)  # answers pulled to the middle
+    knots = fit_distribution_map(shrunk, true)
+    spread = apply_distribution_map(torch.from_numpy(shrunk), knots).numpy()
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):  # the answers now have the true ages' distribution
+        assert np.quantile(spread, q) == pytest.approx(np.quantile(true, q), abs=1.5)
+    assert np.all(np.diff(spread[np.argsort(shrunk)]) >= -1e-9)  # order kept
+    old, young = true >= 70, true < 10
+    assert abs((spread - true)[old].mean()) < 0.5 * abs((shrunk - true)[old].mean())
+    assert abs((spread - true)[young].mean()) < 0.5 * abs((shrunk - true)[young].mean())
+    # Beyond the end knots: slope 1, then the 1..116 clip.
+    x, y = knots
+    ends = apply_distribution_map(torch.tensor([x[0] - 2.0, x[-1] + 3.0, 500.0]), knots).tolist()
+    assert ends == pytest.approx([max(1.0, y[0] - 2.0), min(116.0, y[-1] + 3.0), 116.0], abs=1e-4)
+    # Tied predicted quantiles are dropped: the map stays a function.
+    tied = fit_distribution_map(np.r_[np.full(900, 30.0), np.linspace(31, 60, 100)], true)
+    assert np.all(np.diff(tied[0]) > 0) and len(tied[0]) == len(tied[1])
+
+
+def test_an_age_map_answers_the_same_in_pytorch_and_onnx(tiny_run, tmp_path):
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    knots = [[10.0, 30.0, 50.0], [5.0, 30.0, 70.0]]
+    save_checkpoint({**ckpt, "age": {**ckpt["age"], "age_map": knots}}, tmp_path / "mapped.pt")
+    chips = np.random.default_rng(1).integers(0, 256, (16, 24, 24), dtype=np.uint8)
+    plain = np.array([f["age"] for f in Predictor.from_checkpoint(tiny_run / "best.pt").attributes(chips)])
+    for backend in ("torch", "onnx"):
+        mapped = np.array(
+            [f["age"] for f in Predictor.from_checkpoint(tmp_path / "mapped.pt", backend=backend).attributes(chips)]
+        )
+        np.testing.assert_allclose(
+            mapped,
+            np.clip(
+                np.interp(plain, *knots) + np.where(plain < 10, plain - 10, 0) + np.where(plain > 50, plain - 50, 0),
+                1,
+                116,
+            ),
+            atol=1e-3,
+        )
 
 
 def test_decade_errors_pool_70_plus_and_weigh_decades_equally():
@@ -23,17 +68,20 @@ def test_decade_errors_pool_70_plus_and_weigh_decades_equally():
 def test_refit_changes_only_the_age_heads_and_follows_its_rule(tiny_run):
     ckpt = load_checkpoint(tiny_run / "best.pt")
     prepared = load_prepared(tiny_run.parent / "data")
-    out, record = refit_age_heads(ckpt, prepared, powers=(0.0, 1.0), epochs=2, mae_slack=0.5, log=lambda *_: None)
-    assert set(record["candidates"]) == {"0.0", "1.0"}
+    out, record = refit_age_heads(ckpt, prepared, powers=(0.0, 1.0), epochs=2, log=lambda *_: None)
+    assert set(record["candidates"]) == {"0.0", "0.0+map", "1.0", "1.0+map"}
     for c in record["candidates"].values():
-        assert {"mae", "balanced_mae", "signed_error_by_decade", "routing_temperature"} <= set(c)
+        assert {"mae", "balanced_mae", "signed_error_by_decade", "routing_temperature", "tail_bias"} <= set(c)
+        assert c["tail_bias"] == tail_bias(c)
     own = record["model"]
-    eligible = {
-        k: c["balanced_mae"]
-        for k, c in record["candidates"].items()
-        if c["mae"] <= own["mae"] + 0.5 and c["balanced_mae"] < own["balanced_mae"]
-    }
-    assert record["chosen"] == (min(eligible, key=eligible.get) if eligible else None)
+    keeps = {k: c for k, c in record["candidates"].items() if c["mae"] <= own["mae"]}
+    halved = {k: c["mae"] for k, c in keeps.items() if c["tail_bias"] <= 0.5 * own["tail_bias"]}
+    if halved:
+        assert record["chosen"] == min(halved, key=halved.get)
+    elif keeps:
+        assert record["chosen"] == min(keeps, key=lambda k: keeps[k]["tail_bias"])
+    else:
+        assert record["chosen"] is None
     changed = {k for k in ckpt["model"] if not torch.equal(ckpt["model"][k], out["model"][k])}
     assert all(k.startswith(("heads.age_bin.", "heads.age_reg.")) for k in changed)
     if record["chosen"] is None:
@@ -43,5 +91,10 @@ def test_refit_changes_only_the_age_heads_and_follows_its_rule(tiny_run):
             changed
             and out["age"]["routing_temperature"] == record["candidates"][record["chosen"]]["routing_temperature"]
         )
-        assert out["age_refit"]["age_balance"] == float(record["chosen"])
+        assert out["age_refit"]["age_balance"] == float(record["chosen"].split("+")[0])
+        assert (
+            (out["age"]["age_map"] is not None)
+            == record["chosen"].endswith("+map")
+            == out["age_refit"]["distribution_map"]
+        )
         assert ckpt["age"]["routing_temperature"] == load_checkpoint(tiny_run / "best.pt")["age"]["routing_temperature"]

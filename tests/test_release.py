@@ -214,7 +214,7 @@ def test_the_packaged_weights_take_only_canonical_split_models_under_the_size_li
 
 
 # The release record (written by `faceattr export --results`) of each packaged weight file.
-RELEASE_RECORDS = {"utkface48-v1": "release.json", "utkface48-v2": "release_v2.json"}
+RELEASE_RECORDS = {"utkface48-v1": "release.json", "utkface48-v2.1": "release_v2.1.json"}
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAINED))

@@ -59,6 +59,14 @@ FILES = {
         "report": "report_v2.json",
         "clusters": "clusters_v2.json",
         "external": "external_utk_v2.json",
+        "refit": "age_refit_v2.json",
+    },
+    "utkface48-v2.1": {  # utkface48-v2's network with its age heads refitted under the tail-bias rule
+        "release": "release_v2.1.json",
+        "report": "report_v2.1.json",
+        "clusters": "clusters_v2.1.json",
+        "external": "external_utk_v2.1.json",
+        "refit": "age_refit_v2map.json",
     },
 }
 
@@ -178,9 +186,15 @@ def main() -> None:
         )
     refit = ckpt.get("age_refit")
     if refit:
+        how = f"age-balanced weights (power {refit['age_balance']})"
+        if refit.get("distribution_map"):
+            how += (
+                " and a monotone map that spreads the answers back onto the training ages' distribution "
+                "(`faceattr.age.fit_distribution_map`, inside the ONNX graph)"
+            )
         add(
-            f"- Age heads refitted on the frozen backbone with age-balanced weights (power {refit['age_balance']}, "
-            f"chosen on validation: {refit['rule']}; `results/age_refit_v2.json`)."
+            f"- Age heads refitted on the frozen backbone with {how}, chosen on validation ({refit['rule']}; "
+            f"`results/{files['refit']}`)."
         )
     add("")
     add(source(files["release"], release))

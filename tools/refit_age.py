@@ -1,5 +1,6 @@
-"""Refit a run's two-stage age heads on its frozen backbone with age-balanced loss weights, the
-balance chosen on validation (``faceattr.agerefit``); gender and ethnicity are untouched.
+"""Refit a run's two-stage age heads on its frozen backbone with age-balanced loss weights, with
+or without a distribution map that spreads the answers back onto the training ages, the choice
+made on validation (``faceattr.agerefit``); gender and ethnicity are untouched.
 
 The run's best.pt is kept as best_before_refit.pt and replaced (atomically) by the refitted
 model; a rerun starts again from best_before_refit.pt, so the command is repeatable. Run

@@ -133,7 +133,7 @@ def main() -> None:
                     f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
                 )
 
-    for name in ("external_utk.json", "external_utk_shipped.json", "external_utk_v2.json"):
+    for name in ("external_utk.json", "external_utk_shipped.json", "external_utk_v2.json", "external_utk_v2.1.json"):
         r = load(name)
         if not r:
             continue
@@ -145,7 +145,7 @@ def main() -> None:
         for key in ("gender_accuracy", "ethnicity_accuracy"):
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
-    for name in ("release_onnx.json", "release_onnx_v2.json"):
+    for name in ("release_onnx.json", "release_onnx_v2.json", "release_onnx_v2.1.json"):
         r = load(name)
         if r:
             o = r["onnx"]
@@ -154,7 +154,7 @@ def main() -> None:
                 f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
             )
 
-    for name in ("release.json", "release_v2.json"):
+    for name in ("release.json", "release_v2.json", "release_v2.1.json"):
         r = load(name)
         if not r:
             continue
@@ -242,7 +242,8 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for name, v in r["variants"].items():
-            rows = [("canonical 48×48", v["canonical"]), ("UTK-C clean photos", v["utk_c"]["clean"])]
+            canonical = "canonical, " + (t["input"] if (t := v.get("training", {})).get("input") else "48×48")
+            rows = [(canonical, v["canonical"]), ("UTK-C clean photos", v["utk_c"]["clean"])]
             rows += [("UTK-C, mean of 30 corruptions", v["utk_c"]["mean_over_corruptions"]), ("frl244", v["frl244"])]
             for label, m in rows:
                 if not m:
@@ -262,7 +263,8 @@ def main() -> None:
             t = v.get("training")
             if t:
                 c = t["config"]
-                extra = f", augment {c['augment']}" if c.get("augment") else ""
+                extra = f", {t['input']}" if t.get("input") else ""
+                extra += f", augment {c['augment']}" if c.get("augment") else ""
                 if c.get("teacher"):
                     extra += f", teacher embed {c['teacher_embed_weight']} soft {c['teacher_soft_weight']}"
                 if c.get("age_balance"):
@@ -288,17 +290,24 @@ def main() -> None:
                 f"{m['ethnicity_macro_f1']:.3f} | {m['age_mae']:.2f} |"
             )
         print(f"- missing: {r['missing']}; {r['seconds']} s")
-    r = load("age_refit_v2.json")
-    if r:
+    for stem in ("age_refit_v2", "age_refit_v2map", "age_refit_v3"):
+        r = load(f"{stem}.json")
+        if not r:
+            continue
         print(f"\n`{r['command']}` (rule: {r['rule']}; validation split):\n")
-        print("| age heads | routing T | MAE | balanced MAE | signed error by decade |")
-        print("|---|---|---|---|---|")
-        rows = [("as trained", r["model"])] + [(f"refit, age_balance {k}", c) for k, c in r["candidates"].items()]
-        for label, c in rows:
+        print("| age heads | routing T | MAE | balanced MAE | tail bias | signed error by decade |")
+        print("|---|---|---|---|---|---|")
+        rows = [("as trained", "", r["model"])]
+        for k, c in r["candidates"].items():
+            power, _, mapped = k.partition("+")
+            rows.append((f"refit, age_balance {power}" + (", distribution map" if mapped else ""), k, c))
+        for label, key, c in rows:
             signed = ", ".join(f"{k} {e:+.1f}" for k, e in c["signed_error_by_decade"].items())
-            mark = " (chosen)" if label == f"refit, age_balance {r['chosen']}" else ""
+            mark = " (chosen)" if key == r["chosen"] else ""
+            tail = f"{c['tail_bias']:.2f}" if "tail_bias" in c else "–"
             print(
-                f"| {label}{mark} | {c['routing_temperature']} | {c['mae']:.3f} | {c['balanced_mae']:.3f} | {signed} |"
+                f"| {label}{mark} | {c['routing_temperature']} | {c['mae']:.3f} | {c['balanced_mae']:.3f} | {tail} | "
+                f"{signed} |"
             )
     r = load("audit_accuracy.json")
     if r:

@@ -33,6 +33,9 @@ class AgeSpec:
     mean: float
     std: float
     routing_temperature: float = 1.0  # two-stage soft routing; fitted on validation after training
+    # Knots [x, y] of the monotone map from predicted to answered ages (age.fit_distribution_map),
+    # fitted on validation by faceattr.agerefit; None: the decoded age is the answer.
+    age_map: list[list[float]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,12 +126,19 @@ def decode_age(raw: dict[str, Tensor], age: AgeSpec) -> dict[str, Tensor]:
     if age.head == "two_stage":
         bin_logits, reg = raw["age_bin"].float(), raw["age_reg"].float()
         return {
-            "age": agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature),
+            "age": mapped_age(
+                agemod.decode_two_stage(bin_logits, reg, age.edges, "soft", age.routing_temperature), age
+            ),
             "age_bin_prob": torch.softmax(bin_logits, 1),
         }
     if age.head == "direct":
-        return {"age": agemod.decode_direct(raw["age_direct"].float(), age.mean, age.std)}
-    return {"age": agemod.decode_dex(raw["age_dex"].float())}
+        return {"age": mapped_age(agemod.decode_direct(raw["age_direct"].float(), age.mean, age.std), age)}
+    return {"age": mapped_age(agemod.decode_dex(raw["age_dex"].float()), age)}
+
+
+def mapped_age(years: Tensor, age: AgeSpec) -> Tensor:
+    """Decoded ages (B,) through the checkpoint's distribution map, when it has one."""
+    return years if age.age_map is None else agemod.apply_distribution_map(years, age.age_map)
 
 
 @torch.no_grad()
@@ -142,7 +152,7 @@ def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
     pred.update(decode_age(out, age))
     if age.head == "two_stage":
         bin_logits, reg = out["age_bin"].float(), out["age_reg"].float()
-        pred["age_hard"] = agemod.decode_two_stage(bin_logits, reg, age.edges, "hard")
+        pred["age_hard"] = mapped_age(agemod.decode_two_stage(bin_logits, reg, age.edges, "hard"), age)
         pred["age_bin_ages"] = agemod.bin_ages(reg, age.edges)  # (B, bins): each regressor's age
     return pred
 
