@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from faceattr.age import apply_distribution_map, fit_distribution_map
-from faceattr.agerefit import refit_age_heads, tail_bias
+from faceattr.agerefit import choose, refit_age_heads, tail_bias
 from faceattr.cache import load_prepared
 from faceattr.checkpoint import load_checkpoint, save_checkpoint
 from faceattr.metrics import decade_errors
@@ -30,17 +30,38 @@ def test_distribution_map_spreads_shrunk_answers_back_onto_the_true_ages_in_orde
     x, y = knots
     ends = apply_distribution_map(torch.tensor([x[0] - 2.0, x[-1] + 3.0, 500.0]), knots).tolist()
     assert ends == pytest.approx([max(1.0, y[0] - 2.0), min(116.0, y[-1] + 3.0), 116.0], abs=1e-4)
-    # Tied predicted quantiles are dropped: the map stays a function.
-    tied = fit_distribution_map(np.r_[np.full(900, 30.0), np.linspace(31, 60, 100)], true)
+    # Tied (or, once rounded, equal) predicted quantiles are dropped: the map stays a function.
+    tied = fit_distribution_map(np.r_[np.full(900, 30.0), 30.0 + 1e-5 * np.arange(50), np.linspace(31, 60, 50)], true)
     assert np.all(np.diff(tied[0]) > 0) and len(tied[0]) == len(tied[1])
+    assert np.isfinite(apply_distribution_map(torch.linspace(0, 100, 50), tied).numpy()).all()
+    with pytest.raises(ValueError, match="strictly increasing"):
+        apply_distribution_map(torch.tensor([30.0]), [[10.0, 10.0], [5.0, 8.0]])
+
+
+def test_the_refit_rule_halves_the_tail_bias_at_the_lowest_mae_or_keeps_the_model():
+    own = {"mae": 6.0, "tail_bias": 8.0}
+    table = {
+        "a": {"mae": 5.8, "tail_bias": 5.0},  # keeps the MAE, does not halve
+        "b": {"mae": 5.95, "tail_bias": 3.9},  # halves
+        "c": {"mae": 5.9, "tail_bias": 4.0},  # halves, lower MAE: chosen
+        "d": {"mae": 6.3, "tail_bias": 1.0},  # halves but raises the MAE
+    }
+    assert choose(table, own) == "c"
+    del table["b"], table["c"]
+    assert choose(table, own) == "a"  # none halves: the lowest tail bias that keeps the MAE
+    table["a"]["tail_bias"] = 8.5
+    assert choose(table, own) is None  # nothing lowers the bias while keeping the MAE
 
 
 def test_an_age_map_answers_the_same_in_pytorch_and_onnx(tiny_run, tmp_path):
     ckpt = load_checkpoint(tiny_run / "best.pt")
-    knots = [[10.0, 30.0, 50.0], [5.0, 30.0, 70.0]]
-    save_checkpoint({**ckpt, "age": {**ckpt["age"], "age_map": knots}}, tmp_path / "mapped.pt")
     chips = np.random.default_rng(1).integers(0, 256, (16, 24, 24), dtype=np.uint8)
     plain = np.array([f["age"] for f in Predictor.from_checkpoint(tiny_run / "best.pt").attributes(chips)])
+    # Knots inside the answers' range, so some ages fall below, between and above them.
+    x = [float(v) for v in np.round(np.quantile(plain, [0.2, 0.5, 0.8]), 3)]
+    assert x[0] < x[1] < x[2]
+    knots = [x, [x[0] - 3.0, x[1] + 5.0, x[2] + 20.0]]
+    save_checkpoint({**ckpt, "age": {**ckpt["age"], "age_map": knots}}, tmp_path / "mapped.pt")
     for backend in ("torch", "onnx"):
         mapped = np.array(
             [f["age"] for f in Predictor.from_checkpoint(tmp_path / "mapped.pt", backend=backend).attributes(chips)]
@@ -48,7 +69,9 @@ def test_an_age_map_answers_the_same_in_pytorch_and_onnx(tiny_run, tmp_path):
         np.testing.assert_allclose(
             mapped,
             np.clip(
-                np.interp(plain, *knots) + np.where(plain < 10, plain - 10, 0) + np.where(plain > 50, plain - 50, 0),
+                np.interp(plain, *knots)
+                + np.where(plain < x[0], plain - x[0], 0)
+                + np.where(plain > x[2], plain - x[2], 0),
                 1,
                 116,
             ),
@@ -73,15 +96,7 @@ def test_refit_changes_only_the_age_heads_and_follows_its_rule(tiny_run):
     for c in record["candidates"].values():
         assert {"mae", "balanced_mae", "signed_error_by_decade", "routing_temperature", "tail_bias"} <= set(c)
         assert c["tail_bias"] == tail_bias(c)
-    own = record["model"]
-    keeps = {k: c for k, c in record["candidates"].items() if c["mae"] <= own["mae"]}
-    halved = {k: c["mae"] for k, c in keeps.items() if c["tail_bias"] <= 0.5 * own["tail_bias"]}
-    if halved:
-        assert record["chosen"] == min(halved, key=halved.get)
-    elif keeps:
-        assert record["chosen"] == min(keeps, key=lambda k: keeps[k]["tail_bias"])
-    else:
-        assert record["chosen"] is None
+    assert record["chosen"] == choose(record["candidates"], record["model"])  # the rule: see the test above
     changed = {k for k in ckpt["model"] if not torch.equal(ckpt["model"][k], out["model"][k])}
     assert all(k.startswith(("heads.age_bin.", "heads.age_reg.")) for k in changed)
     if record["chosen"] is None:

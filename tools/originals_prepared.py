@@ -52,7 +52,7 @@ def main() -> None:
         if name is not None:
             images[k] = decode_image(files[name], args.size, gray)
     missing = np.array([m is None for m in matched])
-    split = np.where(missing, EXCLUDED, table.split).astype(table.split.dtype)
+    split = np.where(missing, EXCLUDED, table.split)  # a str dtype wide enough for "excluded"
     d = table.data
     data = FaceData(
         images=images,

@@ -214,10 +214,11 @@ def fit_distribution_map(
     pred_age, target_ages = np.asarray(pred_age, dtype=float), np.asarray(target_ages, dtype=float)
     if pred_age.size < 2 or target_ages.size < 2:
         raise ValueError("a distribution map needs at least two predicted and two target ages")
-    x = np.quantile(pred_age, quantiles)
-    y = np.quantile(target_ages, quantiles)
-    keep = np.concatenate([[True], np.diff(x) > 1e-6])
-    return [[round(float(v), 4) for v in x[keep]], [round(float(v), 4) for v in y[keep]]]
+    # Rounded before ties are dropped, so stored knots stay strictly increasing (no zero-width segment).
+    x = np.round(np.quantile(pred_age, quantiles), 4)
+    y = np.round(np.quantile(target_ages, quantiles), 4)
+    keep = np.concatenate([[True], np.diff(x) >= 1e-3])
+    return [[float(v) for v in x[keep]], [float(v) for v in y[keep]]]
 
 
 def apply_distribution_map(age: Tensor, knots: list[list[float]]) -> Tensor:
@@ -229,6 +230,8 @@ def apply_distribution_map(age: Tensor, knots: list[list[float]]) -> Tensor:
     >>> apply_distribution_map(torch.tensor([0.0, 20.0, 40.0, 60.0]), [[10.0, 30.0, 50.0], [20.0, 60.0, 100.0]])
     tensor([ 10.,  40.,  80., 110.])
     """
+    if len(knots[0]) != len(knots[1]) or any(b <= a for a, b in zip(knots[0], knots[0][1:])):
+        raise ValueError("a distribution map needs as many y as x knots, x strictly increasing")
     x = torch.as_tensor(knots[0], dtype=age.dtype, device=age.device)
     y = torch.as_tensor(knots[1], dtype=age.dtype, device=age.device)
     if len(x) == 1:

@@ -19,7 +19,7 @@ The choice, as the real-photos issue asks (halve the bias at the ends without ra
 lowest validation MAE among the candidates whose *tail bias* (the mean |signed error| over the
 decades 0-9, 50-59, 60-69 and 70+ of true age) is at most ``bias_ratio`` times the model's own
 and whose MAE is not above the model's own; when none is, the smallest tail bias among those
-that keep the MAE.
+that keep the MAE and lower the tail bias; when none does either, the model stays as it is.
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ def tail_bias(scores: dict) -> float:
     """Mean |signed error| over the tail decades present in ``scores`` (``decade_errors``)."""
     signed = scores["signed_error_by_decade"]
     return round(float(np.mean([abs(signed[d]) for d in TAIL_DECADES if d in signed])), 3)
+
+
+def choose(candidates: dict[str, dict], own: dict, bias_ratio: float = 0.5) -> str | None:
+    """The candidate key the rule picks (see the module docstring), or None to keep the model.
+    ``candidates`` and ``own`` hold ``mae`` and ``tail_bias``."""
+    keeps = {k: c for k, c in candidates.items() if c["mae"] <= own["mae"]}
+    halved = {k: c["mae"] for k, c in keeps.items() if c["tail_bias"] <= bias_ratio * own["tail_bias"]}
+    if halved:
+        return min(halved, key=halved.get)
+    lower = {k: c["tail_bias"] for k, c in keeps.items() if c["tail_bias"] < own["tail_bias"]}
+    return min(lower, key=lower.get) if lower else None
 
 
 @torch.inference_mode()
@@ -127,12 +138,15 @@ def refit_age_heads(
     heads = nn.ModuleDict({name: net.heads[name] for name in ("age_bin", "age_reg")})
 
     prob, bin_ages = _val_answers(heads, val_feats, age)
-    own = decade_errors(soft_route(prob, bin_ages, age.routing_temperature), val.age)
+    own_answers = soft_route(prob, bin_ages, age.routing_temperature)
+    if age.age_map is not None:  # a model refitted before: its answers go through its map
+        own_answers = apply_distribution_map(torch.from_numpy(own_answers), age.age_map).numpy()
+    own = decade_errors(own_answers, val.age)
     record: dict = {
         "rule": (
             f"lowest validation MAE among candidates with tail bias (mean |signed error| over "
             f"{', '.join(TAIL_DECADES)}) <= {bias_ratio} x the model's own and MAE <= the model's own; "
-            "else the smallest tail bias with MAE <= the model's own"
+            "else the smallest tail bias below the model's own with MAE <= the model's own"
         ),
         "epochs": epochs,
         "seed": seed,
@@ -165,12 +179,7 @@ def refit_age_heads(
             record["candidates"][key] = scores
             made[key] = (fitted, temperature, age_map)
             log(f"age_balance {key}: {scores}")
-    keeps = {k: c for k, c in record["candidates"].items() if c["mae"] <= own["mae"]}
-    halved = {k: c["mae"] for k, c in keeps.items() if c["tail_bias"] <= bias_ratio * tail_bias(own)}
-    if halved:
-        best_key = min(halved, key=halved.get)
-    else:
-        best_key = min(keeps, key=lambda k: keeps[k]["tail_bias"]) if keeps else None
+    best_key = choose(record["candidates"], record["model"], bias_ratio)
     record["chosen"] = best_key
     if best_key is None:
         return ckpt, record

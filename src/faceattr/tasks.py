@@ -152,6 +152,8 @@ def decode(out: dict[str, Tensor], age: AgeSpec | None) -> dict[str, Tensor]:
     pred.update(decode_age(out, age))
     if age.head == "two_stage":
         bin_logits, reg = out["age_bin"].float(), out["age_reg"].float()
+        # Hard routing goes through the same map (fitted on the soft answers): a diagnostic of
+        # the routing choice under the model's own answer path, not a separately fitted answer.
         pred["age_hard"] = mapped_age(agemod.decode_two_stage(bin_logits, reg, age.edges, "hard"), age)
         pred["age_bin_ages"] = agemod.bin_ages(reg, age.edges)  # (B, bins): each regressor's age
     return pred
