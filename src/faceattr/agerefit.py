@@ -123,8 +123,8 @@ def refit_age_heads(
     log=print,
 ) -> tuple[dict, dict]:
     """(the checkpoint with the chosen heads, routing temperature and distribution map, a record
-    of every candidate on validation). The checkpoint is returned unchanged when no candidate
-    keeps the model's own validation MAE."""
+    of every candidate on validation). The checkpoint is returned unchanged when ``choose``
+    picks none (no candidate keeps the model's own validation MAE and lowers its tail bias)."""
     age = age_spec(ckpt)
     if age is None or age.head != "two_stage":
         raise ValueError("refitting needs a model with the two-stage age head")
@@ -153,7 +153,7 @@ def refit_age_heads(
         "model": {"routing_temperature": age.routing_temperature, **own, "tail_bias": tail_bias(own)},
         "candidates": {},
     }
-    made: dict[str, tuple] = {}  # candidate key -> (heads, routing temperature, distribution map)
+    made: dict[str, tuple] = {}  # candidate key -> (power, heads, routing temperature, distribution map)
     for power in powers:
         weights = torch.from_numpy(np.concatenate([age_weights(train.age, power)] * 2).astype(np.float32))
         fitted = _fit_heads(
@@ -177,13 +177,13 @@ def refit_age_heads(
             scores = {"routing_temperature": temperature, **decade_errors(pred, val.age)}
             scores["tail_bias"] = tail_bias(scores)
             record["candidates"][key] = scores
-            made[key] = (fitted, temperature, age_map)
+            made[key] = (power, fitted, temperature, age_map)
             log(f"age_balance {key}: {scores}")
     best_key = choose(record["candidates"], record["model"], bias_ratio)
     record["chosen"] = best_key
     if best_key is None:
         return ckpt, record
-    fitted, temperature, age_map = made[best_key]
+    power, fitted, temperature, age_map = made[best_key]
     out = dict(ckpt)
     out["model"] = dict(ckpt["model"])
     for name in ("age_bin", "age_reg"):
@@ -191,7 +191,7 @@ def refit_age_heads(
             out["model"][f"heads.{name}.{key}"] = value.detach().clone().to(ckpt["model"][f"heads.{name}.{key}"].dtype)
     out["age"] = {**ckpt["age"], "routing_temperature": temperature, "age_map": age_map}
     out["age_refit"] = {
-        "age_balance": float(best_key.split("+")[0]),
+        "age_balance": float(power),
         "distribution_map": age_map is not None,
         "rule": record["rule"],
         "epochs": epochs,
