@@ -9,6 +9,11 @@ file read at 48x48 gray (faceattr.readers.decode_image) equals the row's pixel S
 with the same pixels, the one whose name ends with the row's img_name and has its labels wins.
 
 nice -n 19 python bench/external_utk.py --model runs/age/age-two_stage --out results/external_utk.json
+
+A model with another input (RGB, 64 px) is compared with its own dataset faces: --faces names the
+prepared table of the same canonical rows at its input (tools/originals_prepared.py); the rows are
+still paired with their files through the 48x48 gray table (--data). The keys that name kaggle48
+then refer to those faces ("dataset_faces" in the result says which).
 """
 
 from __future__ import annotations
@@ -90,6 +95,11 @@ def main() -> None:
     )
     p.add_argument("--backend", choices=["onnx", "torch"], help="default: onnx for pretrained/.onnx, else torch")
     p.add_argument("--every", type=int, default=1, help="only every N-th test face (default 1: all)")
+    p.add_argument(
+        "--faces",
+        type=Path,
+        help="prepared table of the same rows at the model's input (default: --data); e.g. prepared/orig64rgb",
+    )
     p.add_argument("--out", type=Path, default=Path("results/external_utk.json"))
     p.add_argument("--examples", type=Path, help="PNG: Kaggle 48x48 next to the re-aligned chip for 24 faces")
     p.add_argument(
@@ -101,9 +111,13 @@ def main() -> None:
     prepared = load_prepared(args.data)
     mask = prepared.split == "test"
     test, test_sha = prepared.data.subset(mask), prepared.sha[mask]
+    faces = prepared if args.faces is None else load_prepared(args.faces)
+    if not np.array_equal(faces.data.ids, prepared.data.ids) or not np.array_equal(faces.split, prepared.split):
+        raise SystemExit(f"{args.faces}: not the rows and split of {args.data} (expected the same canonical rows)")
+    inputs = faces.data.images[mask]  # the model's dataset faces, row for row with `test`
     if args.every > 1:  # a stride, not the first N: the split is sorted by age
         keep = np.arange(len(test)) % args.every == 0
-        test, test_sha = test.subset(keep), test_sha[keep]
+        test, test_sha, inputs = test.subset(keep), test_sha[keep], inputs[keep]
     files = utk_files(args.archive)
     matched = match_rows(test, test_sha, files)
     has_file = np.array([m is not None for m in matched])
@@ -114,7 +128,7 @@ def main() -> None:
     t0 = time.time()
     landmarks, n_faces = detect_all(predictor, files, matched, args.detections)
     detected = n_faces > 0
-    chips = np.zeros_like(test.images)
+    chips = np.zeros_like(inputs)
     warp_scale, warp_angle, warp_shift = (np.full(n, np.nan) for _ in range(3))
     for i in np.flatnonzero(detected):
         chips[i] = predictor.chip(align_face(load_image(files[matched[i]]), landmarks[i]))
@@ -125,20 +139,21 @@ def main() -> None:
     t_detect = time.time() - t0
 
     labels = {"gender": test.gender, "ethnicity": test.ethnicity, "age": test.age.astype(float)}
-    kaggle = as_arrays(predictor.attributes(test.images))
+    kaggle = as_arrays(predictor.attributes(inputs))
     photo = {k: np.zeros_like(v) for k, v in kaggle.items()}
     if detected.any():
         got = as_arrays(predictor.attributes(chips[detected]))
         for k in photo:
             photo[k][detected] = got[k]
     # The --no-detect path on the same JPEGs must give the Kaggle pixels exactly.
-    direct = np.stack([predictor.chip(load_image(files[m])) if m else test.images[i] for i, m in enumerate(matched)])
-    diff = np.abs(chips.astype(float) - test.images.astype(float)).mean((1, 2))[detected]
+    direct = np.stack([predictor.chip(load_image(files[m])) if m else inputs[i] for i, m in enumerate(matched)])
+    diff = np.abs(chips.astype(float) - inputs.astype(float)).reshape(n, -1).mean(1)[detected]
 
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "model": str(args.model),
         "backend": predictor.backend,
+        "dataset_faces": str(args.faces or args.data),
         "test_faces": n,
         "matched_to_utkface_file": int(has_file.sum()),
         "detected": int(detected.sum()),
@@ -149,7 +164,7 @@ def main() -> None:
         "kaggle48_all": scores(labels, kaggle, np.ones(n, bool)),
         "kaggle48_detected": scores(labels, kaggle, detected),
         "photo_path_detected": scores(labels, photo, detected),
-        "no_detect_path_equals_kaggle_pixels": bool(np.array_equal(direct, test.images)),
+        "no_detect_path_equals_kaggle_pixels": bool(np.array_equal(direct, inputs)),
         "framing": {
             "mean_abs_pixel_diff_vs_kaggle_48": {
                 "median": round(float(np.median(diff)), 2),
@@ -183,7 +198,7 @@ def main() -> None:
     print(result["framing"], result["photo_minus_kaggle48"])
     if args.examples:
         idx = np.flatnonzero(detected)[:: max(1, detected.sum() // 24)][:24]
-        pairs = [np.concatenate([test.images[i], chips[i]], 1) for i in idx]
+        pairs = [np.concatenate([inputs[i], chips[i]], 1) for i in idx]
         rows = [np.concatenate(pairs[r : r + 6], 1) for r in range(0, len(pairs) - len(pairs) % 6, 6)]
         Image.fromarray(np.concatenate(rows, 0)).resize((6 * 96 * 2, len(rows) * 96), Image.NEAREST).save(args.examples)
 

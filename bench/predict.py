@@ -7,7 +7,7 @@
   512x512, a 640x480 and a 12-megapixel (4000x3000) JPEG;
 - bulk: `faceattr predict FOLDER` over --bulk-photos 640x480 photos in a fresh process,
   photos/s with the default workers (one per core) and with one worker;
-- the classifier alone (48x48 chips in, calibrated attributes out): single-face latency and
+- the classifier alone (chips at the model's input in, calibrated attributes out): single-face latency and
   batch throughput on PyTorch eager, PyTorch channels_last and ONNX Runtime; photo ->
   attributes on both backends.
 
@@ -221,9 +221,11 @@ def model_view(args, photos: dict[str, Path], threads: int) -> dict:
     temperature, half = calibration.get("temperature") or {}, half_widths(calibration, ckpt)
     model = inference_model(ckpt, temperature, age_half_width=half)
     size = int(ckpt["preprocessing"]["size"])
+    channels = 1 if ckpt["preprocessing"]["color"] == "gray" else 3
+    chip = (size, size) if channels == 1 else (size, size, channels)
     rng = np.random.default_rng(0)
-    one = chips_to_pixels(rng.integers(0, 256, (1, size, size), dtype=np.uint8))
-    many = chips_to_pixels(rng.integers(0, 256, (args.batch, size, size), dtype=np.uint8))
+    one = chips_to_pixels(rng.integers(0, 256, (1, *chip), dtype=np.uint8))
+    many = chips_to_pixels(rng.integers(0, 256, (args.batch, *chip), dtype=np.uint8))
 
     backends: dict[str, object] = {"torch_eager": model}
     cl_model = inference_model(ckpt, temperature, age_half_width=half)
@@ -239,7 +241,7 @@ def model_view(args, photos: dict[str, Path], threads: int) -> dict:
 
     backends["torch_channels_last"] = ChannelsLast()
     t0 = time.perf_counter()
-    onnx_model = OnnxModel(onnx_bytes(model, 1, size), threads=threads)
+    onnx_model = OnnxModel(onnx_bytes(model, channels, size), threads=threads)
     export_s = time.perf_counter() - t0
     backends["onnxruntime"] = onnx_model
 

@@ -151,6 +151,8 @@ def main() -> None:
     mask = prepared.split == args.split
     part, sha = prepared.data.subset(mask), prepared.sha[mask]
     result: dict = {"model": args.model, "split": args.split, "backend": predictor.backend}
+    if predictor.size:  # the teacher's probes (size 0) read the originals, not a model input
+        result["input"] = f"{predictor.size} px {'gray' if predictor.gray else 'RGB'}"
     trained = Path(args.model) / "metrics.json"
     if trained.is_file():  # a run folder: what training it cost, and what it changed from the defaults
         m = json.loads(trained.read_text())

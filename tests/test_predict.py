@@ -25,11 +25,11 @@ from faceattr.cli import main
 from faceattr.config import resolve_config
 from faceattr.dataset import FaceData
 from faceattr.evaluation import apply_temperature
-from faceattr.imageio import ImageLoadError, load_image
+from faceattr.imageio import ImageLoadError, load_image, load_photo
 from faceattr.inputerror import InputError
 from faceattr.inputs import expand_inputs
 from faceattr.onnxmodel import chips_to_pixels
-from faceattr.predictor import Predictor
+from faceattr.predictor import MIN_DETAIL, Predictor, detail_factor
 from faceattr.readers import decode_image
 from faceattr.train import train
 
@@ -501,3 +501,26 @@ def test_cli_without_inputs_is_a_clear_error(tmp_path, capsys):
             "no such file or folder",
         ]
     )
+
+
+def test_a_small_face_in_a_large_jpeg_is_cut_from_the_coarsest_decode_that_keeps_its_detail():
+    """Detection reads a JPEG decoded at 1/4; a face that decode renders too coarsely for the
+    model's chip is cut from a finer one, the photo whole only when 1/2 is not enough either."""
+    at_limit = MIN_DETAIL  # chip pixels per pixel of the detection decode that is just enough
+    assert detail_factor(4.0, [0.8 * at_limit]) == 4.0  # enough detail already: no second decode
+    assert detail_factor(4.0, []) == 4.0  # no face
+    assert detail_factor(4.0, [0.8 * at_limit, 1.1 * at_limit]) == 2.0  # the finest face decides
+    assert detail_factor(8.0, [1.5 * at_limit]) == 4.0
+    assert detail_factor(4.0, [2.5 * at_limit]) == 1.0  # 1/2 would still be too coarse
+    assert detail_factor(1.0, [3.0 * at_limit]) == 1.0  # already whole
+
+
+@pytest.mark.parametrize("factor, size", [(2, (800, 600)), (4, (400, 300)), (8, (200, 150)), (1, (1600, 1200))])
+def test_load_photo_decodes_a_jpeg_at_the_reduction_asked_for(factor, size):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    image, scale = load_photo(buffer.getvalue(), factor=factor)
+    assert image.size == size and scale == (float(factor), float(factor))
+    png = io.BytesIO()
+    Image.new("RGB", (1600, 1200)).save(png, "PNG")  # only JPEG decodes at reduced size
+    assert load_photo(png.getvalue(), factor=factor)[0].size == (1600, 1200)

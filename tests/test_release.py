@@ -12,8 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from faceattr import release
+from faceattr.align import model_chip
 from faceattr.calibration import half_widths
 from faceattr.checkpoint import load_checkpoint
 from faceattr.cli import main
@@ -90,13 +92,16 @@ def test_onnx_export_is_one_file_with_a_dynamic_batch_and_matches_torch(tiny, tm
     np.testing.assert_allclose(got["gender_prob"], want, atol=1e-6)
 
 
-def test_shipped_model_runs_the_same_on_onnx_runtime(sample_faces):
-    ckpt = load_checkpoint(pretrained_path())
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_model_runs_the_same_on_onnx_runtime(sample_faces, name):
+    ckpt = load_checkpoint(pretrained_path(name))
     model = inference_model(
         ckpt, ckpt["calibration"]["temperature"], age_half_width=half_widths(ckpt["calibration"], ckpt)
     )
-    runtime = OnnxModel(onnx_bytes(model, 1, 48))
-    pixels = chips_to_pixels(sample_faces)
+    size, gray = int(ckpt["preprocessing"]["size"]), ckpt["preprocessing"]["color"] == "gray"
+    runtime = OnnxModel(onnx_bytes(model, 1 if gray else 3, size))
+    # the sample's faces at this model's input, made as the predictor makes its chips
+    pixels = chips_to_pixels(np.stack([model_chip(Image.fromarray(face), size, gray) for face in sample_faces]))
     diffs = max_diffs(model.run(pixels), runtime.run(pixels))
     assert max(diffs.values()) <= PARITY_TOLERANCE, diffs
     assert {"age_low", "age_high"} <= set(runtime.output_names)  # the fitted age ranges are in the graph
@@ -214,7 +219,7 @@ def test_the_packaged_weights_take_only_canonical_split_models_under_the_size_li
 
 
 # The release record (written by `faceattr export --results`) of each packaged weight file.
-RELEASE_RECORDS = {"utkface48-v1": "release.json", "utkface48-v2.1": "release_v2.1.json"}
+RELEASE_RECORDS = {"utkface48-v1": "release.json", "utkface64rgb-v4": "release_v4.json"}
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAINED))

@@ -1,7 +1,9 @@
 """Copy the error clusters of `faceattr cluster RUN` into a result file, without the per-face
 ids and the silhouette curve, with the command that wrote them (rebuilt from the split and seed
 that clusters.json records):
-`python tools/collect_clusters.py runs/run-cpu60/model/clusters/clusters.json results/clusters_cpu60.json`."""
+`python tools/collect_clusters.py runs/run-cpu60/model/clusters/clusters.json results/clusters_cpu60.json`.
+A third argument, when given, is the command as it was run (one with options clusters.json does
+not record, such as --data)."""
 
 import json
 import sys
@@ -13,7 +15,11 @@ from faceattr.atomic import write_json
 def main() -> None:
     source, target = Path(sys.argv[1]), Path(sys.argv[2])
     data = json.loads(source.read_text())
-    command = f"faceattr cluster {data['run']} --split {data['split']} --seed {data['seed']}"
+    command = (
+        sys.argv[3]
+        if len(sys.argv) > 3
+        else f"faceattr cluster {data['run']} --split {data['split']} --seed {data['seed']}"
+    )
     heads = []
     for head in data["heads"]:
         keep = {k: v for k, v in head.items() if k != "silhouette"}

@@ -28,6 +28,13 @@ def load_release_name() -> str:
     return shipped_checkpoint()["release"]["name"]
 
 
+def input_words(ckpt: dict) -> tuple[str, str]:
+    """How the card names the model's input: ("48×48 grayscale", "gray") or ("64×64 colour", "RGB")."""
+    pre = ckpt["preprocessing"]
+    side = f"{pre['size']}×{pre['size']}"
+    return (f"{side} grayscale", "gray") if pre["color"] == "gray" else (f"{side} colour", "RGB")
+
+
 def pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f} %"
 
@@ -68,6 +75,13 @@ FILES = {
         "external": "external_utk_v2.1.json",
         "refit": "age_refit_v2map.json",
     },
+    "utkface64rgb-v4": {  # 64x64 colour from the UTKFace originals, distilled, age heads refitted
+        "release": "release_v4.json",
+        "report": "report_v4.json",
+        "clusters": "clusters_v4.json",
+        "external": "external_utk_v4.json",
+        "refit": "age_refit_rgb64.json",
+    },
 }
 
 
@@ -90,7 +104,7 @@ def out_of_domain(add, name: str) -> None:
     add("|---|---|---|---|---|---|---|")
     for label, v in rows:
         for set_name, m in (
-            ("canonical 48×48", v["canonical"]),
+            ("canonical (the model's input)", v["canonical"]),
             ("UTK-C clean", v["utk_c"]["clean"]),
             ("UTK-C, mean of 30 corruptions", v["utk_c"]["mean_over_corruptions"]),
             ("frl244", v["frl244"]),
@@ -144,7 +158,7 @@ def main() -> None:
     add("<!-- Written by `python tools/model_card.py > MODEL_CARD.md` from results/*.json; do not edit by hand. -->")
     add("")
     add(
-        "One small convolutional network that reads a 48×48 grayscale face and gives three "
+        f"One small convolutional network that reads a {input_words(shipped_checkpoint())[0]} face and gives three "
         "attributes: **gender** (2 classes, calibrated probabilities), **ethnicity** (5 classes, "
         f"calibrated probabilities) and **age** (years, from a two-stage estimator: {n_bins} equally "
         "populated age bins, then a regressor within each bin). It ships inside the `faceattr` "
@@ -162,7 +176,11 @@ def main() -> None:
         f"- Weights: `src/faceattr/weights/{name}.pt`, float16, {w['megabytes']} MB, sha256 `{w['sha256'][:16]}…`; "
         "loaded with `torch.load(..., weights_only=True)`."
     )
-    add("- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, gray, area-resized to 48×48.")
+    pre = shipped_checkpoint()["preprocessing"]
+    add(
+        "- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, "
+        f"{input_words(shipped_checkpoint())[1]}, area-resized to {pre['size']}×{pre['size']}."
+    )
     add(
         "- ONNX: `faceattr export pretrained --onnx faceattr.onnx` writes one self-contained file (dynamic batch, "
         "calibration and age decoding inside the graph)."
@@ -201,8 +219,15 @@ def main() -> None:
     add("")
     add("## Data and licence")
     add("")
+    if pre["color"] == "gray" and pre["size"] == 48:
+        faces = "as the Kaggle `age_gender.csv` table, 48×48 gray"
+    else:  # tools/originals_prepared.py: the table's rows and split, the pixels of their originals
+        faces = (
+            "the rows of the Kaggle `age_gender.csv` table with the pixels of their UTKFace originals "
+            f"(200×200 colour) at {pre['size']}×{pre['size']} {input_words(shipped_checkpoint())[1]}"
+        )
     add(
-        f"- **UTKFace** ({ds['faces_read']:,} faces as the Kaggle `age_gender.csv` table, 48×48 gray). UTKFace is "
+        f"- **UTKFace** ({ds['faces_read']:,} faces: {faces}). UTKFace is "
         "released **for non-commercial research only**; so are these weights, which are derived from it."
     )
     d = ds["duplicates"]
@@ -341,6 +366,11 @@ def main() -> None:
     add("")
     add(source(files["report"], report))
     add("")
+    dataset_faces = (
+        "the 48×48 table pixels"
+        if pre["color"] == "gray" and pre["size"] == 48
+        else f"the prepared {pre['size']}×{pre['size']} {input_words(shipped_checkpoint())[1]} dataset faces"
+    )
     add("## On photos (detection, alignment, then the model)")
     add("")
     add(
@@ -348,11 +378,10 @@ def main() -> None:
         f"`faceattr predict`'s path (MTCNN, 5-point alignment): faces found in {pct(external['detection_rate'])}; "
         f"on those, gender accuracy {pct(external['photo_path_detected']['gender_accuracy'])}, ethnicity accuracy "
         f"{pct(external['photo_path_detected']['ethnicity_accuracy'])}, age MAE "
-        f"{external['photo_path_detected']['age_mae']:.2f} years (the 48×48 table pixels of the same faces: "
+        f"{external['photo_path_detected']['age_mae']:.2f} years ({dataset_faces} of the same faces: "
         f"{pct(external['kaggle48_detected']['gender_accuracy'])}, "
         f"{pct(external['kaggle48_detected']['ethnicity_accuracy'])}, {external['kaggle48_detected']['age_mae']:.2f}). "
-        "Most missed faces are babies. These are still UTKFace photos: accuracy on other kinds of photo "
-        "(other cameras, poses, lighting, populations) is not measured here and will be lower."
+        "Most missed faces are babies. These are still UTKFace photos; other kinds of photo follow."
     )
     add("")
     add(source(files["external"], external))

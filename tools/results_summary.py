@@ -133,19 +133,27 @@ def main() -> None:
                     f"({g['max_group']} vs {g['min_group']}; 95 % CI {g['ci'][0] * scale:.1f} – {g['ci'][1] * scale:.1f})"
                 )
 
-    for name in ("external_utk.json", "external_utk_shipped.json", "external_utk_v2.json", "external_utk_v2.1.json"):
+    for name in (
+        "external_utk.json",
+        "external_utk_shipped.json",
+        "external_utk_v2.json",
+        "external_utk_v2.1.json",
+        "external_utk_v4.json",
+    ):
         r = load(name)
         if not r:
             continue
         print(f"\n`{r['command']}` (model `{r['model']}`, backend {r.get('backend', 'torch')}):\n")
         print(f"- detected {r['detected']} of {r['test_faces']} test faces ({pct(r['detection_rate'])})")
-        print("\n| on the detected faces | 48×48 table pixels | photo → detect → align → 48×48 | difference |")
+        faces = r.get("dataset_faces", "prepared/kaggle48")
+        dataset, chip = ("48×48 table pixels", "48×48") if faces.endswith("kaggle48") else (f"`{faces}`", "model input")
+        print(f"\n| on the detected faces | {dataset} | photo → detect → align → {chip} | difference |")
         print("|---|---|---|---|")
         a, b, d = r["kaggle48_detected"], r["photo_path_detected"], r["photo_minus_kaggle48"]
         for key in ("gender_accuracy", "ethnicity_accuracy"):
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
-    for name in ("release_onnx.json", "release_onnx_v2.json", "release_onnx_v2.1.json"):
+    for name in ("release_onnx.json", "release_onnx_v2.json", "release_onnx_v2.1.json", "release_onnx_v4.json"):
         r = load(name)
         if r:
             o = r["onnx"]
@@ -154,7 +162,7 @@ def main() -> None:
                 f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
             )
 
-    for name in ("release.json", "release_v2.json", "release_v2.1.json"):
+    for name in ("release.json", "release_v2.json", "release_v2.1.json", "release_v4.json"):
         r = load(name)
         if not r:
             continue
@@ -177,7 +185,8 @@ def main() -> None:
         m = r["machine"]
         print(f"\n`{r['command']}` ({m['cpu']}, {m['cores_used']} cores):\n")
         batch = r["classifier"]["onnxruntime"]["batch"]["batch"]
-        print(f"| classifier (48×48 chip → attributes) | one face, median | p90 | batch of {batch} |")
+        chip = r.get("input", "48x48 gray").replace("x", "×", 1)
+        print(f"| classifier ({r['release']}, {chip} chip → attributes) | one face, median | p90 | batch of {batch} |")
         print("|---|---|---|---|")
         for name, c in r["classifier"].items():
             s1 = c["single_face"]
@@ -242,7 +251,8 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for name, v in r["variants"].items():
-            canonical = "canonical, " + (t["input"] if (t := v.get("training", {})).get("input") else "48×48")
+            given = v.get("input") or v.get("training", {}).get("input")  # older rows: in the training block only
+            canonical = "canonical, " + (given or "48×48")
             rows = [(canonical, v["canonical"]), ("UTK-C clean photos", v["utk_c"]["clean"])]
             rows += [("UTK-C, mean of 30 corruptions", v["utk_c"]["mean_over_corruptions"]), ("frl244", v["frl244"])]
             for label, m in rows:
@@ -290,7 +300,7 @@ def main() -> None:
                 f"{m['ethnicity_macro_f1']:.3f} | {m['age_mae']:.2f} |"
             )
         print(f"- missing: {r['missing']}; {r['seconds']} s")
-    for stem in ("age_refit_v2", "age_refit_v2map", "age_refit_v3"):
+    for stem in ("age_refit_v2", "age_refit_v2map", "age_refit_v3", "age_refit_rgb64"):
         r = load(f"{stem}.json")
         if not r:
             continue

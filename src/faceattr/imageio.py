@@ -63,10 +63,15 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
 
 
 def load_photo(
-    source: ImageSource, max_pixels: int | None = None, min_side: int | None = None, max_bytes: int | None = None
+    source: ImageSource,
+    max_pixels: int | None = None,
+    min_side: int | None = None,
+    max_bytes: int | None = None,
+    factor: int | None = None,
 ) -> tuple[Image.Image, tuple[float, float]]:
     """``load_image``, decoding a JPEG at a reduced size (1/2, 1/4 or 1/8, straight from its
-    DCT, much faster than decoding it whole) while its longer side stays >= ``min_side``.
+    DCT, much faster than decoding it whole) while its longer side stays >= ``min_side``, or
+    at 1/``factor`` (2, 4 or 8) when that is given.
     A photo whose decoding would hold more than ``max_bytes`` (``decode_bytes``) is refused
     from its header, before decoding.
 
@@ -100,7 +105,9 @@ def load_photo(
                         "too_large",
                     )
                 full = im.size
-                if min_side is not None and im.format == "JPEG" and max(full) > 2 * min_side:
+                if factor is not None and factor > 1 and im.format == "JPEG":
+                    im.draft("RGB", (max(1, math.ceil(full[0] / factor)), max(1, math.ceil(full[1] / factor))))
+                elif min_side is not None and im.format == "JPEG" and max(full) > 2 * min_side:
                     k = max(full) / min_side
                     im.draft("RGB", (max(1, math.ceil(full[0] / k)), max(1, math.ceil(full[1] / k))))
                 # The DCT scales by a whole factor; the reduced sides are rounded up, so the factor

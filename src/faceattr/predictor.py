@@ -26,6 +26,17 @@ BACKENDS = ("onnx", "torch")
 # model input pixel (chip scale <= 0.5): the area resize to the model's size then loses nothing
 # that the whole photo would add.
 MIN_DETAIL = 0.5
+JPEG_FACTORS = (8, 4, 2, 1)  # the reductions a JPEG decodes at straight from its DCT
+
+
+def detail_factor(factor: float, chip_scales: list[float]) -> float:
+    """The decode to cut the faces from, as photo pixels per decoded pixel: ``factor`` (the
+    detection decode's) when it gives every face MIN_DETAIL, else the largest JPEG reduction
+    that does (1: the photo whole). ``chip_scales``: chip pixels per pixel of the detection decode."""
+    need = max(chip_scales, default=0.0) / MIN_DETAIL  # how much finer the decode must be
+    if need <= 1:
+        return factor
+    return float(next((k for k in JPEG_FACTORS if k <= factor / need), 1))
 
 
 @dataclass
@@ -266,7 +277,7 @@ class Predictor:
 
         A JPEG is decoded at reduced size for detection when it is much larger than the
         detector's copy; a face that the reduced image would give fewer than two pixels per
-        model input pixel (across and down) is cut from the photo decoded whole."""
+        model input pixel (across and down) is cut from a finer decode (``detail_factor``)."""
         label = str(source) if isinstance(source, str | Path) else f"<{type(source).__name__}>"
         try:
             limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
@@ -280,8 +291,9 @@ class Predictor:
                 )
             faces = self.detector.detect(image)
             full, full_scale = image, scale
-            if scale != (1.0, 1.0) and any(chip_scale(d.landmarks, self.size) > MIN_DETAIL for d in faces):
-                full, full_scale = load_photo(source, **limits)
+            factor = detail_factor(scale[0], [chip_scale(d.landmarks, self.size) for d in faces])
+            if factor < scale[0]:  # a finer decode, not always the whole photo: 12 MP cost 2x otherwise
+                full, full_scale = load_photo(source, factor=int(factor), **limits)
         except ImageLoadError as e:
             return PendingPhoto(label, [], [], error=str(e), error_kind=e.kind)
         except Exception as e:  # a bug or an input no check foresaw: this photo fails, the run goes on
