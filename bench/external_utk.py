@@ -101,7 +101,7 @@ def main() -> None:
         help="prepared table of the same rows at the model's input (default: --data); e.g. prepared/orig64rgb",
     )
     p.add_argument("--out", type=Path, default=Path("results/external_utk.json"))
-    p.add_argument("--examples", type=Path, help="PNG: Kaggle 48x48 next to the re-aligned chip for 24 faces")
+    p.add_argument("--examples", type=Path, help="PNG: the dataset face next to the re-aligned chip, for 24 faces")
     p.add_argument(
         "--detections", type=Path, help="NPZ cache of the detections (model-independent): reused if it exists"
     )
@@ -124,6 +124,12 @@ def main() -> None:
     t_match = time.time() - start
 
     predictor = load_predictor(None if str(args.model) == "pretrained" else args.model, args.backend)
+    want = (predictor.size, predictor.size) if predictor.gray else (predictor.size, predictor.size, 3)
+    if inputs.shape[1:] != want:
+        sys.exit(
+            f"{args.faces or args.data}: faces of shape {inputs.shape[1:]}, the model reads {want}; "
+            "pass --faces with the rows prepared at its input (tools/originals_prepared.py)"
+        )
     n = len(test)
     t0 = time.time()
     landmarks, n_faces = detect_all(predictor, files, matched, args.detections)

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from faceattr.align import CHIP_SIZE, TEMPLATE, align_face, model_chip, similarity_transform
+from faceattr import predictor as predictor_module
+from faceattr.align import CHIP_SIZE, TEMPLATE, align_face, chip_scale, model_chip, similarity_transform
 from faceattr.cache import Prepared, save_prepared
 from faceattr.cli import main
 from faceattr.config import resolve_config
@@ -515,12 +516,50 @@ def test_a_small_face_in_a_large_jpeg_is_cut_from_the_coarsest_decode_that_keeps
     assert detail_factor(1.0, [3.0 * at_limit]) == 1.0  # already whole
 
 
-@pytest.mark.parametrize("factor, size", [(2, (800, 600)), (4, (400, 300)), (8, (200, 150)), (1, (1600, 1200))])
-def test_load_photo_decodes_a_jpeg_at_the_reduction_asked_for(factor, size):
+@pytest.mark.parametrize(
+    "side, factor, size",
+    [
+        ((1600, 1200), 2, (800, 600)),
+        ((1600, 1200), 4, (400, 300)),
+        ((1600, 1200), 8, (200, 150)),
+        ((1600, 1200), 1, (1600, 1200)),
+        ((1601, 1201), 4, (401, 301)),  # uneven sides: still 1/4 (the DCT rounds the size up)
+        ((1601, 1201), 2, (801, 601)),
+    ],
+)
+def test_load_photo_decodes_a_jpeg_at_the_reduction_asked_for(side, factor, size):
+    w, h = side
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, "JPEG")
     image, scale = load_photo(buffer.getvalue(), factor=factor)
     assert image.size == size and scale == (float(factor), float(factor))
     png = io.BytesIO()
-    Image.new("RGB", (1600, 1200)).save(png, "PNG")  # only JPEG decodes at reduced size
-    assert load_photo(png.getvalue(), factor=factor)[0].size == (1600, 1200)
+    Image.new("RGB", side).save(png, "PNG")  # only JPEG decodes at reduced size
+    assert load_photo(png.getvalue(), factor=factor)[0].size == side
+
+
+def test_predict_cuts_a_face_the_detection_decode_renders_too_coarsely_from_the_half_size_decode(monkeypatch):
+    """A 3200x2400 JPEG is decoded at 1/4 for detection; its face there gives the default model's
+    chip too few pixels but 1/2 gives enough, so the face is cut from the 1/2 decode (not from
+    the photo decoded whole), and its chip matches the one cut from the whole photo."""
+    canvas = Image.new("RGB", (3200, 2400), (96, 110, 128))
+    canvas.paste(Image.fromarray(skdata.astronaut()).resize((1600, 1600)), (800, 400))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG", quality=92)
+    photo = buffer.getvalue()
+    predictor = Predictor.from_pretrained()
+    image, scale = load_photo(photo, min_side=predictor.detector_options["max_side"])
+    (face,) = predictor.detector.detect(image)
+    assert scale == (4.0, 4.0) and MIN_DETAIL < chip_scale(face.landmarks, predictor.size) <= 2 * MIN_DETAIL
+    factors = []
+    real_load = predictor_module.load_photo
+
+    def spy(*args, **kwargs):
+        factors.append(kwargs.get("factor"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "load_photo", spy)
+    (chip,) = predictor.prepare(photo).chips
+    assert factors == [None, 2]  # the detection decode, then the 1/2 one
+    whole = predictor.chip(align_face(load_image(photo), face.landmarks * 4.0))
+    assert np.abs(chip.astype(float) - whole.astype(float)).mean() < 2.0

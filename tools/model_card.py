@@ -6,6 +6,7 @@ python tools/model_card.py > MODEL_CARD.md
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ def load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+@functools.cache
 def shipped_checkpoint() -> dict:
     import torch
 
@@ -281,8 +283,8 @@ def main() -> None:
     for task in ("gender", "ethnicity"):
         add(f"| {task} | precision | recall | F1 | faces |")
         add("|---|---|---|---|---|")
-        for name, c in report[task]["per_class"].items():
-            add(f"| {name} | {pct(c['precision'])} | {pct(c['recall'])} | {pct(c['f1'])} | {c['support']} |")
+        for label, c in report[task]["per_class"].items():
+            add(f"| {label} | {pct(c['precision'])} | {pct(c['recall'])} | {pct(c['f1'])} | {c['support']} |")
         add("")
     add("## Per-group metrics (test, 95 % bootstrap CIs)")
     add("")
@@ -292,9 +294,9 @@ def main() -> None:
         add("")
         add("| group | faces | gender accuracy | ethnicity accuracy | age MAE (years) |")
         add("|---|---|---|---|---|")
-        for name, g in table["groups"].items():
+        for label, g in table["groups"].items():
             add(
-                f"| {name} | {g['n']} | {ci_pct(g['gender_accuracy'])} | {ci_pct(g['ethnicity_accuracy'])} | "
+                f"| {label} | {g['n']} | {ci_pct(g['gender_accuracy'])} | {ci_pct(g['ethnicity_accuracy'])} | "
                 f"{ci_years(g['age_mae'])} |"
             )
         add("")
@@ -414,8 +416,8 @@ def main() -> None:
     c = bench["classifier"]
     add("| backend | one face (median) | batch of " + str(c["onnxruntime"]["batch"]["batch"]) + " |")
     add("|---|---|---|")
-    for name, r in c.items():
-        add(f"| {name} | {r['single_face']['median_ms']:.2f} ms | {r['batch']['faces_per_s']:,.0f} faces/s |")
+    for backend, r in c.items():
+        add(f"| {backend} | {r['single_face']['median_ms']:.2f} ms | {r['batch']['faces_per_s']:,.0f} faces/s |")
     e = bench["end_to_end"]
     add("")
     add(

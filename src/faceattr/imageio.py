@@ -106,7 +106,9 @@ def load_photo(
                     )
                 full = im.size
                 if factor is not None and factor > 1 and im.format == "JPEG":
-                    im.draft("RGB", (max(1, math.ceil(full[0] / factor)), max(1, math.ceil(full[1] / factor))))
+                    # rounded down: Pillow picks the largest reduction that keeps the size asked
+                    # for, so a rounded-up request would decode one step finer on uneven sides
+                    im.draft("RGB", (max(1, full[0] // factor), max(1, full[1] // factor)))
                 elif min_side is not None and im.format == "JPEG" and max(full) > 2 * min_side:
                     k = max(full) / min_side
                     im.draft("RGB", (max(1, math.ceil(full[0] / k)), max(1, math.ceil(full[1] / k))))

@@ -49,7 +49,7 @@ class Face:
     fitted on validation faces to hold the true age with the predictor's ``age_range_coverage``
     (None if the model has no fitted ranges); gender / ethnicity: class name -> probability
     (None if the model lacks the head); chip: the model's input, uint8 (S, S) gray or (S, S, 3)
-    RGB, S = 48 for the published models.
+    RGB, S the model's input side (64 RGB for the default model, 48 gray for reference48).
     """
 
     box: tuple[float, float, float, float]

@@ -56,7 +56,7 @@ from faceattr.inputerror import InputError
 from faceattr.labels import CLASS_NAMES
 from faceattr.predictor import Face, Predictor, load_predictor
 
-EXPLAIN_SIZE = 144  # side of the Grad-CAM overlays sent to the page (the model sees 48x48)
+EXPLAIN_SIZE = 144  # side of the Grad-CAM overlays sent to the page (the model sees 64x64 or 48x48)
 STATUS_FOR_KIND = {"not_image": 415, "too_large": 413, "corrupt": 422, "missing": 422}
 TOKEN_ENV = "FACEATTR_TOKEN"
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/openapi.json")  # answered without the token
