@@ -160,7 +160,6 @@ def main() -> None:
             "epochs_run": m.get("epochs_run"),
             "train_minutes": m.get("train_minutes"),
             "device": m.get("device"),
-            "input": f"{predictor.size} px {'gray' if predictor.gray else 'RGB'}",
             "config": {
                 k: m["config"][k]
                 for k in (

@@ -179,6 +179,7 @@ def main() -> None:
         "loaded with `torch.load(..., weights_only=True)`."
     )
     pre = shipped_checkpoint()["preprocessing"]
+    table_input = pre["color"] == "gray" and pre["size"] == 48  # the Kaggle table's own pixels
     add(
         "- Input: a face aligned by 5 landmarks (MTCNN) onto the UTKFace crop template, "
         f"{input_words(shipped_checkpoint())[1]}, area-resized to {pre['size']}×{pre['size']}."
@@ -221,7 +222,7 @@ def main() -> None:
     add("")
     add("## Data and licence")
     add("")
-    if pre["color"] == "gray" and pre["size"] == 48:
+    if table_input:
         faces = "as the Kaggle `age_gender.csv` table, 48×48 gray"
     else:  # tools/originals_prepared.py: the table's rows and split, the pixels of their originals
         faces = (
@@ -370,7 +371,7 @@ def main() -> None:
     add("")
     dataset_faces = (
         "the 48×48 table pixels"
-        if pre["color"] == "gray" and pre["size"] == 48
+        if table_input
         else f"the prepared {pre['size']}×{pre['size']} {input_words(shipped_checkpoint())[1]} dataset faces"
     )
     add("## On photos (detection, alignment, then the model)")

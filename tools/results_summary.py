@@ -273,7 +273,8 @@ def main() -> None:
             t = v.get("training")
             if t:
                 c = t["config"]
-                extra = f", {t['input']}" if t.get("input") else ""
+                given = v.get("input") or t.get("input")  # older rows: in the training block only
+                extra = f", {given}" if given else ""
                 extra += f", augment {c['augment']}" if c.get("augment") else ""
                 if c.get("teacher"):
                     extra += f", teacher embed {c['teacher_embed_weight']} soft {c['teacher_soft_weight']}"
