@@ -172,6 +172,8 @@ def main() -> None:
                     "teacher_embed_weight",
                     "teacher_soft_weight",
                     "age_balance",
+                    "init_from",
+                    "lr",
                 )
                 if k in m.get("config", {})
             },

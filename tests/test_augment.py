@@ -118,3 +118,27 @@ def test_degradation_is_off_by_default_and_blurs_when_on():
     assert torch.allclose(sharp, x, atol=1e-5)  # nothing else moved
     detail = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
     assert detail(soft) < 0.7 * detail(sharp) and soft.min() >= 0 and soft.max() <= 1
+
+
+def test_frame_is_off_by_default_and_flattens_only_the_edges_when_on():
+    """Off: no random number drawn (earlier runs replay); on: the left, right and top bands of
+    each face become one flat grey inside the configured widths, and the centre is untouched."""
+    from faceattr.augment import AugmentConfig, _frame
+
+    x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    strength = torch.ones(16)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    assert _frame(x, strength, g, AugmentConfig()) is x and torch.equal(g.get_state(), before)
+    cfg = AugmentConfig(frame_p=1.0, frame_side=(0.1, 0.2), frame_top=(0.05, 0.15))
+    out = _frame(x, strength, torch.Generator().manual_seed(0), cfg)
+    for face, orig in zip(out, x):
+        changed = (face != orig).any(0)  # (H, W)
+        cols = changed.all(0)  # whole columns replaced: the side bands
+        left, right = int(cols[:32].sum()), int(cols[32:].sum())
+        top = int(changed[:, 20:44].all(1).sum())  # whole rows across the middle: the top band
+        assert 6 <= left <= 13 and 6 <= right <= 13 and 3 <= top <= 10
+        assert cols[:left].all() and cols[64 - right :].all() and changed[:top].all()
+        assert not changed[top:, left : 64 - right].any()  # the face itself is kept
+        assert face[:, changed].unique().numel() == 1  # one flat grey, every channel alike
+    assert torch.equal(_frame(x, torch.zeros(16), torch.Generator().manual_seed(0), cfg), x)  # strength 0: none

@@ -280,6 +280,8 @@ def main() -> None:
                     extra += f", teacher embed {c['teacher_embed_weight']} soft {c['teacher_soft_weight']}"
                 if c.get("age_balance"):
                     extra += f", age_balance {c['age_balance']}"
+                if c.get("init_from"):  # a fine-tune: its epochs come on top of the starting model's
+                    extra += f", fine-tuned from {c['init_from']} at lr {c['lr']}"
                 print(
                     f"- {name}: trained {t['epochs_run']} epochs, {t['train_minutes']} min on {t['device']} "
                     f"(width {t['config'].get('width')}{extra})"
@@ -290,6 +292,28 @@ def main() -> None:
             key=lambda t: t[1],
         )[:3]
         print("- hardest corruptions for gender (first model): " + ", ".join(f"{k} {pct(g)}" for k, g, _, _ in worst))
+    r = load("hair_edges.json")
+    if r:
+        first = next(iter(r["models"].values()))
+        frames = list(first["frames"])
+        print("\n| model / split | " + " | ".join(f"adult women / men, {f}" for f in frames) + " |")
+        print("|---|" + "---|" * len(frames))
+        for name, v in r["models"].items():
+            cells = [f"{pct(m['adult_women_recall'])} / {pct(m['adult_men_recall'])}" for m in v["frames"].values()]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        counts = first["frames"]["none"]
+        print(
+            f"- adults of the validation split: {counts['adult_women']} women, {counts['adult_men']} men; "
+            f"band grey {first['wall_grey']}/255"
+        )
+        print("- commands: " + "; ".join(f"`{v['command']}`" for v in r["models"].values()))
+    r = load("frl244_errors.json")
+    if r:
+        counts = ", ".join(f"{k} {len(m['gender_wrong'])}" for k, m in r["models"].items())
+        print(
+            f"\n`{r['command']}`: frl244 photos wrong on gender: {counts} (of {next(iter(r['models'].values()))['photos']}); "
+            f"wrong in every one of them: {len(r['wrong_in_every_model'])} photos of {r['people_wrong_in_every_model']} people"
+        )
     r = load("teacher_dlib.json")
     if r:
         print(f"\n`{r['command']}` ({r['teacher']}; {r['input']}; {r['probes']}):\n")
@@ -301,7 +325,14 @@ def main() -> None:
                 f"{m['ethnicity_macro_f1']:.3f} | {m['age_mae']:.2f} |"
             )
         print(f"- missing: {r['missing']}; {r['seconds']} s")
-    for stem in ("age_refit_v2", "age_refit_v2map", "age_refit_v3", "age_refit_rgb64"):
+    for stem in (
+        "age_refit_v2",
+        "age_refit_v2map",
+        "age_refit_v3",
+        "age_refit_rgb64",
+        "age_refit_ft-frame",
+        "age_refit_short-ft-frame-soft",
+    ):
         r = load(f"{stem}.json")
         if not r:
             continue

@@ -49,6 +49,15 @@ class AugmentConfig:
     # replay exactly as before it existed.
     degrade_p: float = 0.0
     degrade_scale: tuple[float, float] = (0.35, 0.8)
+    # Hair-cue removal, off by default: the chip's left and right bands (each a fraction of the
+    # width in ``frame_side``, drawn apart) and top band (``frame_top`` of the height) become one
+    # flat grey, as for hair tied back against a studio wall. The aligned chip shows hair only at
+    # its edges, and a model trained without this keys on it: framing the validation faces this
+    # way costs utkface64rgb-v4 recall on adult women (bench/hair_edges.py, README "Hair at the edges").
+    # With frame_p 0 it draws no random numbers, so earlier runs replay exactly.
+    frame_p: float = 0.0
+    frame_side: tuple[float, float] = (0.05, 0.2)
+    frame_top: tuple[float, float] = (0.0, 0.15)
 
 
 def _rand(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -142,6 +151,25 @@ def _erase(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig)
     return torch.where(inside[:, None], fill.view(b, 1, 1, 1).to(x.dtype), x)
 
 
+def _frame(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
+    if cfg.frame_p <= 0:
+        return x
+    b, _, h, w = x.shape
+    device = x.device
+    u_p, u_left, u_right, u_top, fill = (_rand(b, generator, device) for _ in range(5))
+    chosen = u_p < (cfg.frame_p * s).clamp(0, 1)
+    lo, hi = cfg.frame_side
+    left = ((lo + u_left * (hi - lo)) * w).round()
+    right = w - ((lo + u_right * (hi - lo)) * w).round()
+    top = ((cfg.frame_top[0] + u_top * (cfg.frame_top[1] - cfg.frame_top[0])) * h).round()
+    rows = torch.arange(h, device=device).view(1, h, 1)
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    outside = ((cols < left.view(b, 1, 1)) | (cols >= right.view(b, 1, 1)) | (rows < top.view(b, 1, 1))) & chosen.view(
+        b, 1, 1
+    )  # (B, H, W)
+    return torch.where(outside[:, None], fill.view(b, 1, 1, 1).to(x.dtype), x)
+
+
 def _degrade(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig) -> Tensor:
     if cfg.degrade_p <= 0:
         return x
@@ -170,6 +198,7 @@ def augment_batch(x: Tensor, strength: Tensor, generator: torch.Generator, cfg: 
     x = x.float()
     s = strength.to(device=x.device, dtype=torch.float32).clamp_min(0)
     x = _affine(x, s, generator, cfg)
+    x = _frame(x, s, generator, cfg)  # before the photometric changes, which then apply to the wall too
     x = _photometric(x, s, generator, cfg)
     x = _blur(x, s, generator, cfg)
     x = _degrade(x, s, generator, cfg)

@@ -1,0 +1,76 @@
+"""Which frl244 studio portraits each model gets wrong on gender, with its p(female) for each, and
+which wrong photos all the models share: a model that fixes a different handful of photos is
+noise on 244 photos; one that fixes the shared core has learned something.
+
+python bench/frl244_errors.py --model utkface64rgb-v4=pretrained --model reference48=reference48
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from faceattr.atomic import write_json
+from faceattr.predictor import load_predictor
+
+
+def largest_face_p_female(predictor, path: Path) -> float | None:
+    """p(female) of the largest face found in the photo (None: no face)."""
+    faces = predictor.predict(str(path))
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    return float(face.gender["female"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=MODEL",
+        help="a name and a run folder, checkpoint, .onnx file or packaged name (repeatable)",
+    )
+    ap.add_argument("--frl", type=Path, default=Path("../shared/data/frl244"))
+    ap.add_argument("--out", type=Path, default=Path("results/frl244_errors.json"))
+    args = ap.parse_args()
+    started = time.perf_counter()
+    pairs = []
+    for given in args.model:
+        name, sep, model = given.partition("=")
+        if not sep or not name or not model:
+            sys.exit(f"--model {given!r}: expected NAME=MODEL")
+        pairs.append((name, model))
+    rows = list(csv.DictReader(open(args.frl / "labels.csv")))
+    models = {}
+    for name, model in pairs:
+        predictor = load_predictor(None if model == "pretrained" else model)
+        wrong, missed = {}, []
+        for r in rows:
+            p = largest_face_p_female(predictor, args.frl / r["file"])
+            if p is None:
+                missed.append(r["file"])
+            elif (p > 0.5) != (r["gender"] == "1"):
+                wrong[r["file"]] = {"true": "female" if r["gender"] == "1" else "male", "p_female": round(p, 3)}
+        models[name] = {"model": model, "photos": len(rows), "no_face": missed, "gender_wrong": wrong}
+    shared = sorted(set.intersection(*(set(m["gender_wrong"]) for m in models.values())))
+    result = {
+        "models": models,
+        "wrong_in_every_model": shared,
+        "people_wrong_in_every_model": len({r["person"] for r in rows if r["file"] in shared}),
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    }
+    write_json(result, args.out)
+    for name, m in models.items():
+        print(f"{name}: {len(m['gender_wrong'])} of {m['photos']} wrong on gender, {len(m['no_face'])} without a face")
+    print(f"wrong in every model: {len(shared)} photos of {result['people_wrong_in_every_model']} people")
+
+
+if __name__ == "__main__":
+    main()
