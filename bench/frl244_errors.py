@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from faceattr.atomic import write_json
+from faceattr.inputerror import InputError
 from faceattr.predictor import load_predictor
 
 
@@ -40,16 +41,29 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/frl244_errors.json"))
     args = ap.parse_args()
     started = time.perf_counter()
-    pairs = []
+    pairs = {}
     for given in args.model:
         name, sep, model = given.partition("=")
-        if not sep or not name or not model:
-            sys.exit(f"--model {given!r}: expected NAME=MODEL")
-        pairs.append((name, model))
-    rows = list(csv.DictReader(open(args.frl / "labels.csv")))
+        if not sep or not name or not model or name in pairs:
+            sys.exit(f"--model {given!r}: expected NAME=MODEL with a name not given before")
+        pairs[name] = model
+    labels = args.frl / "labels.csv"
+    try:
+        with open(labels, newline="") as f:
+            rows = [r for r in csv.DictReader(f)]
+        missing = {"file", "gender", "person"} - set(rows[0] if rows else {})
+    except OSError as e:
+        sys.exit(f"{labels}: cannot read ({e.strerror})")
+    if missing:
+        sys.exit(f"{labels}: expected columns file, gender and person; missing {', '.join(sorted(missing))}")
+    unlabelled = [r["file"] for r in rows if r["gender"] not in ("0", "1")]
+    rows = [r for r in rows if r["gender"] in ("0", "1")]  # skipped, and counted in the result
     models = {}
-    for name, model in pairs:
-        predictor = load_predictor(None if model == "pretrained" else model)
+    for name, model in pairs.items():
+        try:
+            predictor = load_predictor(None if model == "pretrained" else model)
+        except InputError as e:
+            sys.exit(f"--model {name}={model}: {e}")
         wrong, missed = {}, []
         for r in rows:
             p = largest_face_p_female(predictor, args.frl / r["file"])
@@ -63,6 +77,7 @@ def main() -> None:
         "models": models,
         "wrong_in_every_model": shared,
         "people_wrong_in_every_model": len({r["person"] for r in rows if r["file"] in shared}),
+        "skipped_without_gender": unlabelled,
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     }

@@ -23,6 +23,7 @@ import numpy as np
 
 from faceattr.atomic import write_json
 from faceattr.cache import load_prepared
+from faceattr.inputerror import InputError
 from faceattr.predictor import load_predictor
 
 # (left/right band, top band) as fractions of the side; the grey is a mid-light studio wall.
@@ -48,11 +49,15 @@ def recall_by_sex(p_female: np.ndarray, gender: np.ndarray, age: np.ndarray) -> 
     """Accuracy over all faces, recall of adult men and women, and the mean p(female) of adult women."""
     right = (p_female > 0.5) == (gender == 1)
     men, women = (gender == 0) & (age >= ADULT), (gender == 1) & (age >= ADULT)
+
+    def mean(values: np.ndarray) -> float | None:  # None, not NaN, for an empty group
+        return round(float(values.mean()), 4) if values.size else None
+
     return {
-        "gender_acc": round(float(right.mean()), 4),
-        "adult_men_recall": round(float(right[men].mean()), 4),
-        "adult_women_recall": round(float(right[women].mean()), 4),
-        "adult_women_mean_p_female": round(float(p_female[women].mean()), 4),
+        "gender_acc": mean(right),
+        "adult_men_recall": mean(right[men]),
+        "adult_women_recall": mean(right[women]),
+        "adult_women_mean_p_female": mean(p_female[women]),
         "adult_men": int(men.sum()),
         "adult_women": int(women.sum()),
     }
@@ -67,8 +72,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/hair_edges.json"))
     args = ap.parse_args()
     started = time.perf_counter()
-    prepared = load_prepared(args.data)
-    predictor = load_predictor(None if args.model == "pretrained" else args.model)
+    try:
+        prepared = load_prepared(args.data)
+        predictor = load_predictor(None if args.model == "pretrained" else args.model)
+    except InputError as e:
+        sys.exit(str(e))
     part = prepared.data.subset(prepared.split == args.split)
     if predictor.size != part.size or predictor.gray != (part.channels == 1):
         sys.exit(
@@ -89,7 +97,10 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     }
-    doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    try:
+        doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    except ValueError:
+        sys.exit(f"{args.out}: not a JSON result file; move it away or name another --out")
     doc.setdefault("models", {})[f"{args.name}/{args.split}"] = result
     write_json(doc, args.out)
     for label, r in rows.items():

@@ -142,3 +142,12 @@ def test_frame_is_off_by_default_and_flattens_only_the_edges_when_on():
         assert not changed[top:, left : 64 - right].any()  # the face itself is kept
         assert face[:, changed].unique().numel() == 1  # one flat grey, every channel alike
     assert torch.equal(_frame(x, torch.zeros(16), torch.Generator().manual_seed(0), cfg), x)  # strength 0: none
+    # frame_p is a share of faces, and the bands follow width and height on a non-square face.
+    tall = torch.rand(2000, 1, 40, 30, generator=torch.Generator().manual_seed(3))
+    half = AugmentConfig(frame_p=0.5, frame_side=(0.2, 0.2), frame_top=(0.25, 0.25))
+    out = _frame(tall, torch.ones(2000), torch.Generator().manual_seed(1), half)
+    framed = (out != tall).flatten(1).any(1)
+    assert 0.45 < framed.float().mean() < 0.55
+    faces, wall = out[framed, 0], out[framed, 0, :1, :1]  # (n, 40, 30), each face's grey (n, 1, 1)
+    assert (faces[:, :, :6] == wall).all() and (faces[:, :, 24:] == wall).all() and (faces[:, :10] == wall).all()
+    assert torch.equal(faces[:, 10:, 6:24], tall[framed, 0, 10:, 6:24])

@@ -79,6 +79,24 @@ def test_augment_keys_are_augment_config_fields():
         resolve_config(overrides={"augment": {"rotate": 5.0}})
 
 
+@pytest.mark.parametrize(
+    "augment, key",
+    [
+        ({"frame_p": 1.5}, "frame_p"),
+        ({"frame_p": "often"}, "frame_p"),
+        ({"frame_side": [0.2, 0.1]}, "frame_side"),
+        ({"frame_side": [0.1, 0.6]}, "frame_side"),
+        ({"frame_side": 0.1}, "frame_side"),
+        ({"frame_top": [-0.1, 0.1]}, "frame_top"),
+    ],
+)
+def test_frame_settings_out_of_range_are_refused(augment, key):
+    with pytest.raises(InputError, match=rf"^config augment\.{key} = .*: expected "):
+        resolve_config(overrides={"augment": augment})
+    ok = {"frame_p": 0.3, "frame_side": [0.05, 0.2], "frame_top": [0.0, 0.15]}
+    assert resolve_config(overrides={"augment": ok}).augment == ok
+
+
 def test_choices_come_from_the_modules():
     for stem in STEMS:
         assert resolve_config(overrides={"stem": stem}).stem == stem

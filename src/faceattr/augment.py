@@ -22,8 +22,9 @@ class AugmentConfig:
     """Augmentation magnitudes at strength 1.
 
     Magnitudes (translate, scale, rotate, brightness, contrast, gamma, noise) are
-    multiplied by each sample's strength; so are the probabilities of blur and erasing
-    (then clipped to [0, 1]), while blur sigma and erased area keep their ranges.
+    multiplied by each sample's strength; so are the probabilities of blur, erasing,
+    degradation and the frame (then clipped to [0, 1]), while blur sigma, erased area,
+    degradation scale and the frame's band widths keep their ranges.
     ``flip_p`` is not scaled: a flip preserves every label, and p=1 would not augment.
     ``max_translate`` is a fraction of the image side; brightness, contrast and gamma are
     +- ranges around a factor of 1; ``noise_std`` is in [0, 1] intensity units.

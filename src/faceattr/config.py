@@ -219,6 +219,19 @@ def _check(cfg: TrainConfig) -> None:
     for key in cfg.augment:
         if key not in known:
             raise InputError(f"config augment: unknown key {key!r} (known: {', '.join(known)})")
+    # The frame's bands: two side bands over half the width each would cover the whole face.
+    aug = AugmentConfig(**cfg.augment)
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if not (number(aug.frame_p) and 0 <= aug.frame_p <= 1):
+        raise InputError(f"config augment.frame_p = {aug.frame_p!r}: expected a number in [0, 1]")
+    for key, hi in (("frame_side", 0.5), ("frame_top", 1.0)):
+        value = getattr(aug, key)
+        pair = list(value) if isinstance(value, list | tuple) else None
+        if not (pair and len(pair) == 2 and all(number(v) for v in pair) and 0 <= pair[0] <= pair[1] <= hi):
+            raise InputError(f"config augment.{key} = {value!r}: expected [low, high] with 0 <= low <= high <= {hi}")
 
 
 def write_config(cfg: TrainConfig, path: Path) -> Path:
