@@ -17,15 +17,7 @@ from pathlib import Path
 from faceattr.atomic import write_json
 from faceattr.inputerror import InputError
 from faceattr.predictor import load_predictor
-
-
-def largest_face_p_female(predictor, path: Path) -> float | None:
-    """p(female) of the largest face found in the photo (None: no face)."""
-    faces = predictor.predict(str(path))
-    if not faces:
-        return None
-    face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-    return float(face.gender["female"])
+from wild import first_face  # the yardstick's choice of face in a labelled photo: the largest
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
     labels = args.frl / "labels.csv"
     try:
         with open(labels, newline="") as f:
-            rows = [r for r in csv.DictReader(f)]
+            rows = list(csv.DictReader(f))
         missing = {"file", "gender", "person"} - set(rows[0] if rows else {})
     except OSError as e:
         sys.exit(f"{labels}: cannot read ({e.strerror})")
@@ -66,11 +58,12 @@ def main() -> None:
             sys.exit(f"--model {name}={model}: {e}")
         wrong, missed = {}, []
         for r in rows:
-            p = largest_face_p_female(predictor, args.frl / r["file"])
-            if p is None:
+            face = first_face(predictor.predict(str(args.frl / r["file"])))
+            if face is None:
                 missed.append(r["file"])
-            elif (p > 0.5) != (r["gender"] == "1"):
-                wrong[r["file"]] = {"true": "female" if r["gender"] == "1" else "male", "p_female": round(p, 3)}
+            elif (face["gender"]["female"] > 0.5) != (r["gender"] == "1"):
+                true = "female" if r["gender"] == "1" else "male"
+                wrong[r["file"]] = {"true": true, "p_female": round(float(face["gender"]["female"]), 3)}
         models[name] = {"model": model, "photos": len(rows), "no_face": missed, "gender_wrong": wrong}
     shared = sorted(set.intersection(*(set(m["gender_wrong"]) for m in models.values())))
     result = {

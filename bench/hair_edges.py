@@ -27,8 +27,12 @@ from faceattr.inputerror import InputError
 from faceattr.predictor import load_predictor
 
 # (left/right band, top band) as fractions of the side; the grey is a mid-light studio wall.
-FRAMES = {"none": (0.0, 0.0), "sides 10 %": (0.10, 0.0), "sides 15 %, top 10 %": (0.15, 0.10)}
-FRAMES["sides 20 %, top 15 %"] = (0.20, 0.15)
+FRAMES = {
+    "none": (0.0, 0.0),
+    "sides 10 %": (0.10, 0.0),
+    "sides 15 %, top 10 %": (0.15, 0.10),
+    "sides 20 %, top 15 %": (0.20, 0.15),
+}
 WALL = 153
 ADULT = 18
 

@@ -165,9 +165,8 @@ def _frame(x: Tensor, s: Tensor, generator: torch.Generator, cfg: AugmentConfig)
     top = ((cfg.frame_top[0] + u_top * (cfg.frame_top[1] - cfg.frame_top[0])) * h).round()
     rows = torch.arange(h, device=device).view(1, h, 1)
     cols = torch.arange(w, device=device).view(1, 1, w)
-    outside = ((cols < left.view(b, 1, 1)) | (cols >= right.view(b, 1, 1)) | (rows < top.view(b, 1, 1))) & chosen.view(
-        b, 1, 1
-    )  # (B, H, W)
+    band = (cols < left.view(b, 1, 1)) | (cols >= right.view(b, 1, 1)) | (rows < top.view(b, 1, 1))
+    outside = band & chosen.view(b, 1, 1)  # (B, H, W)
     return torch.where(outside[:, None], fill.view(b, 1, 1, 1).to(x.dtype), x)
 
 
