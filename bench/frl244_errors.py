@@ -2,7 +2,7 @@
 which wrong photos all the models share: a model that fixes a different handful of photos is
 noise on 244 photos; one that fixes the shared core has learned something.
 
-python bench/frl244_errors.py --model utkface64rgb-v4=pretrained --model reference48=reference48
+python bench/frl244_errors.py --model utkface64rgb-v5=pretrained --model reference48=reference48
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ edges loses women. The framed copies are made here, once, with fixed band widths
 training's frame augmentation (``faceattr.augment``, ``frame_p``) draws its own widths and fill.
 Val decides, test only reports. Each run replaces its model's entry (one per --name and split).
 
-python bench/hair_edges.py --name utkface64rgb-v4 --model pretrained --data prepared/orig64rgb --split val
+python bench/hair_edges.py --name utkface64rgb-v5 --model pretrained --data prepared/orig64rgb --split val
 """
 
 from __future__ import annotations

@@ -53,6 +53,33 @@ def test_the_refit_rule_halves_the_tail_bias_at_the_lowest_mae_or_keeps_the_mode
     assert choose(table, own) is None  # nothing lowers the bias while keeping the MAE
 
 
+def test_a_baseline_above_the_models_own_mae_raises_the_limit_and_one_below_does_not():
+    own = {"mae": 5.58, "tail_bias": 6.5}
+    table = {
+        "plain": {"mae": 5.47, "tail_bias": 4.9},  # keeps the own MAE, does not halve
+        "map": {"mae": 5.59, "tail_bias": 2.6},  # halves, 0.01 y above the own MAE
+    }
+    assert choose(table, own) == "plain"
+    assert choose(table, own, baseline_mae=5.591) == "map"  # not above the model users have now
+    assert choose(table, own, baseline_mae=5.589) == "plain"  # still above both
+    assert choose(table, own, baseline_mae=4.0) == "plain"  # a better baseline never tightens it
+
+
+def test_a_baseline_is_scored_on_the_same_faces_and_must_read_the_same_input(tiny_run):
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    prepared = load_prepared(tiny_run.parent / "data")
+    out, record = refit_age_heads(ckpt, prepared, powers=(0.0,), epochs=1, baseline=ckpt, log=lambda *_: None)
+    # The model as its own baseline: the same answers, so the same scores and the same limit.
+    assert {k: record["baseline"][k] for k in record["model"] if k != "routing_temperature"} == {
+        k: v for k, v in record["model"].items() if k != "routing_temperature"
+    }
+    assert "max(the model's own, the baseline's)" in record["rule"]
+    assert record["chosen"] == choose(record["candidates"], record["model"], 0.5, record["baseline"]["mae"])
+    other = {**ckpt, "preprocessing": {**ckpt["preprocessing"], "size": ckpt["preprocessing"]["size"] * 2}}
+    with pytest.raises(ValueError, match="same input"):
+        refit_age_heads(ckpt, prepared, powers=(0.0,), epochs=1, baseline=other, log=lambda *_: None)
+
+
 def test_an_age_map_answers_the_same_in_pytorch_and_onnx(tiny_run, tmp_path):
     ckpt = load_checkpoint(tiny_run / "best.pt")
     chips = np.random.default_rng(1).integers(0, 256, (16, 24, 24), dtype=np.uint8)

@@ -84,6 +84,13 @@ FILES = {
         "external": "external_utk_v4.json",
         "refit": "age_refit_rgb64.json",
     },
+    "utkface64rgb-v5": {  # v4 fine-tuned with the frame augmentation and 4x soft targets, ages refitted
+        "release": "release_v5.json",
+        "report": "report_v5.json",
+        "clusters": "clusters_v5.json",
+        "external": "external_utk_v5.json",
+        "refit": "age_refit_short-ft-frame-soft-v4limit.json",
+    },
 }
 
 
@@ -188,12 +195,25 @@ def main() -> None:
         "- ONNX: `faceattr export pretrained --onnx faceattr.onnx` writes one self-contained file (dynamic batch, "
         "calibration and age decoding inside the graph)."
     )
-    add(
-        f"- Training: `{report['command']}` (prepare → dedupe → split → joint training of all three heads from "
-        f"scratch on the CPU; best epoch {report['epoch']} on validation). The release file was written by "
-        f"`{release['command']}`."
-    )
     ckpt = shipped_checkpoint()
+    cfg = ckpt["config"]
+    if cfg.get("init_from"):  # a fine-tune of an earlier model: say from what, not "from scratch"
+        how = (
+            f"a fine-tune of all weights of `{Path(cfg['init_from']).stem}`: {cfg['epochs']} epochs at learning rate "
+            f"{cfg['lr']} on the CPU, best epoch {report['epoch']} on validation"
+        )
+    else:
+        how = (
+            "prepare → dedupe → split → joint training of all three heads from scratch on the CPU; "
+            f"best epoch {report['epoch']} on validation"
+        )
+    add(f"- Training: `{report['command']}` ({how}). The release file was written by `{release['command']}`.")
+    frame_p = (cfg.get("augment") or {}).get("frame_p", 0.0)
+    if frame_p:
+        add(
+            f"- Hair-cue augmentation: on {frame_p:.0%} of training faces the chip's side and top bands become one "
+            "flat grey (`augment.frame_p`), so that gender is read from the face rather than from hair at the edges."
+        )
     if ckpt["config"].get("teacher"):
         teacher = load("teacher_dlib.json")
         add(

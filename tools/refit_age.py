@@ -6,6 +6,10 @@ The run's best.pt is kept as best_before_refit.pt and replaced (atomically) by t
 model; a rerun starts again from best_before_refit.pt, so the command is repeatable. Run
 ``faceattr evaluate RUN`` afterwards: the calibration's age ranges depend on the age answers.
 
+``--baseline`` names the model the run would replace (a packaged name such as ``default``, or a
+checkpoint): the MAE limit of the rule is then the larger of the run's own and the baseline's
+validation MAE (``faceattr.agerefit``), for fine-tunes of a refitted model.
+
 python tools/refit_age.py runs/run-v2/model --data runs/run-v2/data --results results/age_refit_v2.json
 """
 
@@ -22,6 +26,8 @@ from faceattr.agerefit import refit_age_heads
 from faceattr.atomic import write_json
 from faceattr.checkpoint import load_checkpoint, save_checkpoint
 from faceattr.evaluation import load_split_data
+from faceattr.inputerror import InputError
+from faceattr.pretrained import PRETRAINED, packaged_file
 
 
 def main() -> None:
@@ -31,14 +37,24 @@ def main() -> None:
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", help="the model the run would replace: a packaged name or a checkpoint")
     args = ap.parse_args()
     started = time.perf_counter()
     best, before = args.run / "best.pt", args.run / "best_before_refit.pt"
-    if not before.is_file():
-        shutil.copy2(best, before)
-    ckpt = load_checkpoint(before)
-    prepared = load_split_data(args.data, ckpt, "val")
-    refitted, record = refit_age_heads(ckpt, prepared, epochs=args.epochs, seed=args.seed)
+    try:
+        baseline = None
+        if args.baseline is not None:
+            where = packaged_file(args.baseline) if args.baseline in PRETRAINED else args.baseline
+            baseline = load_checkpoint(where)
+        if not before.is_file():
+            shutil.copy2(best, before)
+        ckpt = load_checkpoint(before)
+        prepared = load_split_data(args.data, ckpt, "val")
+        refitted, record = refit_age_heads(ckpt, prepared, epochs=args.epochs, seed=args.seed, baseline=baseline)
+    except (InputError, ValueError) as e:
+        sys.exit(f"refit_age: {e}")
+    if baseline is not None:
+        record["baseline"]["model"] = PRETRAINED.get(args.baseline, args.baseline)
     save_checkpoint(refitted, best)
     record.update(
         run=str(args.run),

@@ -139,6 +139,7 @@ def main() -> None:
         "external_utk_v2.json",
         "external_utk_v2.1.json",
         "external_utk_v4.json",
+        "external_utk_v5.json",
     ):
         r = load(name)
         if not r:
@@ -153,7 +154,13 @@ def main() -> None:
         for key in ("gender_accuracy", "ethnicity_accuracy"):
             print(f"| {key} | {pct(a[key])} | {pct(b[key])} | {d[key] * 100:+.2f} pt |")
         print(f"| age_mae | {a['age_mae']:.2f} y | {b['age_mae']:.2f} y | {d['age_mae']:+.2f} y |")
-    for name in ("release_onnx.json", "release_onnx_v2.json", "release_onnx_v2.1.json", "release_onnx_v4.json"):
+    for name in (
+        "release_onnx.json",
+        "release_onnx_v2.json",
+        "release_onnx_v2.1.json",
+        "release_onnx_v4.json",
+        "release_onnx_v5.json",
+    ):
         r = load(name)
         if r:
             o = r["onnx"]
@@ -162,7 +169,7 @@ def main() -> None:
                 f"{max(o['max_abs_diff'].values()):.1e} on {o['checked_on']}"
             )
 
-    for name in ("release.json", "release_v2.json", "release_v2.1.json", "release_v4.json"):
+    for name in ("release.json", "release_v2.json", "release_v2.1.json", "release_v4.json", "release_v5.json"):
         r = load(name)
         if not r:
             continue
@@ -332,6 +339,8 @@ def main() -> None:
         "age_refit_rgb64",
         "age_refit_ft-frame",
         "age_refit_short-ft-frame-soft",
+        "age_refit_short-ft-frame-soft-e3",
+        "age_refit_short-ft-frame-soft-v4limit",
     ):
         r = load(f"{stem}.json")
         if not r:
@@ -340,6 +349,8 @@ def main() -> None:
         print("| age heads | routing T | MAE | balanced MAE | tail bias | signed error by decade |")
         print("|---|---|---|---|---|---|")
         rows = [("as trained", "", r["model"])]
+        if "baseline" in r:  # the model it would replace, on the same faces: it sets the MAE limit
+            rows.insert(0, (f"baseline `{r['baseline']['model']}`", "", r["baseline"]))
         for k, c in r["candidates"].items():
             power, _, mapped = k.partition("+")
             rows.append((f"refit, age_balance {power}" + (", distribution map" if mapped else ""), k, c))
@@ -348,9 +359,32 @@ def main() -> None:
             mark = " (chosen)" if key == r["chosen"] else ""
             tail = f"{c['tail_bias']:.2f}" if "tail_bias" in c else "–"
             print(
-                f"| {label}{mark} | {c['routing_temperature']} | {c['mae']:.3f} | {c['balanced_mae']:.3f} | {tail} | "
+                f"| {label}{mark} | {c.get('routing_temperature', '–')} | {c['mae']:.3f} | {c['balanced_mae']:.3f} | {tail} | "
                 f"{signed} |"
             )
+    for name in ("bars_v5.json", "bars_short-ft-frame-soft-e3.json", "bars_v5_test.json"):
+        r = load(name)
+        if not r:
+            continue
+        verdict = "every bar holds" if r["all_pass"] else "not every bar holds"
+        print(f"\n`{r['command']}`: {verdict}\n")
+        print("| bar | value | must | holds |")
+        print("|---|---|---|---|")
+        for bar, b in r["bars"].items():
+            value = (
+                f"{b['value']:+.2f} y"
+                if "signed" in bar
+                else (f"{b['value']:.2f}" if "mae" in bar else pct(b["value"]))
+            )
+            if "must_beat" in b:
+                must = f"> {pct(b['must_beat'])}"
+            elif "floor" in b:
+                must = f">= {pct(b['floor'])}"
+            elif "ceiling" in b:
+                must = f"<= {b['ceiling']:.1f}"
+            else:
+                must = f"magnitude <= {b['limit']:.2f} y"
+            print(f"| {bar} | {value} | {must} | {'yes' if b['pass'] else '**no**'} |")
     r = load("audit_accuracy.json")
     if r:
         print(

@@ -12,7 +12,7 @@ from faceattr.inputerror import InputError
 
 # name -> file stem in faceattr/weights. ``reference48`` is the reference design (48x48 gray
 # ResNet-18, labels only), kept selectable by name whatever ships as the default.
-PRETRAINED = {"default": "utkface64rgb-v4", "reference48": "utkface48-v1"}
+PRETRAINED = {"default": "utkface64rgb-v5", "reference48": "utkface48-v1"}
 WEIGHT_SUFFIXES = (".pt", ".onnx")
 
 

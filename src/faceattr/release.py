@@ -23,10 +23,9 @@ from faceattr.atomic import atomic_path
 from faceattr.calibration import calibration_of, half_widths
 from faceattr.checkpoint import age_spec, load_checkpoint, model_from_checkpoint
 from faceattr.inputerror import InputError
-from faceattr.pretrained import PRETRAINED, packaged_file, pretrained_path
+from faceattr.pretrained import packaged_file, pretrained_path
 from faceattr.tasks import TEACHER_HEAD
 
-PRETRAINED_NAME = PRETRAINED["default"]
 MAX_RELEASE_BYTES = 25_000_000  # 25 MB: what we promise a pip install costs per weight file
 CANONICAL_SPLIT = "02c602ac688aea8d"  # splits/utkface48.csv: the test split releases are judged on
 PARITY_TOLERANCE = 1e-4  # max |torch - ONNX Runtime| on any output
@@ -189,7 +188,9 @@ def export(
         log("evaluating the float32 and float16 weights on the test split ...")
         full = test_headline(ckpt, prepared, device)
         release = {
-            "name": PRETRAINED_NAME,
+            # A packaged file is <name>.pt, so the file names its release: exporting the next
+            # default before PRETRAINED points at it still stamps the right name.
+            "name": weights.stem,
             "faceattr_version": __version__,
             "created": time.strftime("%Y-%m-%d"),
             "split_hash": ckpt["split_hash"],
