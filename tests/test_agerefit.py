@@ -2,6 +2,13 @@
 heads change, every candidate is scored on validation with and without the distribution map, and
 the choice follows the stated rule. The map (faceattr.age) answers the same in PyTorch and ONNX."""
 
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -74,7 +81,8 @@ def test_a_baseline_is_scored_on_the_same_faces_and_must_read_the_same_input(tin
         k: v for k, v in record["model"].items() if k != "routing_temperature"
     }
     assert "max(the model's own, the baseline's)" in record["rule"]
-    assert record["chosen"] == choose(record["candidates"], record["model"], 0.5, record["baseline"]["mae"])
+    # ... so the limit is the model's own, and the choice is the one made without a baseline.
+    assert record["chosen"] == choose(record["candidates"], record["model"])
     other = {**ckpt, "preprocessing": {**ckpt["preprocessing"], "size": ckpt["preprocessing"]["size"] * 2}}
     with pytest.raises(ValueError, match="same input"):
         refit_age_heads(ckpt, prepared, powers=(0.0,), epochs=1, baseline=other, log=lambda *_: None)
@@ -140,3 +148,28 @@ def test_refit_changes_only_the_age_heads_and_follows_its_rule(tiny_run):
             == out["age_refit"]["distribution_map"]
         )
         assert ckpt["age"]["routing_temperature"] == load_checkpoint(tiny_run / "best.pt")["age"]["routing_temperature"]
+
+
+def test_the_refit_tool_records_which_baseline_file_it_read_and_refuses_a_missing_one(tiny_run, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "age"
+    shutil.copytree(tiny_run, run)  # the tool rewrites best.pt; the shared run stays as it is
+    cmd = [sys.executable, "tools/refit_age.py", str(run), "--data", str(tiny_run.parent / "data"), "--epochs", "1"]
+    results = tmp_path / "refit.json"
+    done = subprocess.run(
+        [*cmd, "--baseline", str(tiny_run), "--results", str(results)], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    baseline = json.loads(results.read_text())["baseline"]
+    assert baseline["path"] == str(tiny_run / "best.pt")
+    assert baseline["sha256"] == hashlib.sha256((tiny_run / "best.pt").read_bytes()).hexdigest()
+    assert (run / "best_before_refit.pt").is_file()
+    missing = tmp_path / "nope.pt"
+    done = subprocess.run(
+        [*cmd, "--baseline", str(missing), "--results", str(tmp_path / "x.json")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.strip() == f"refit_age: {missing}: no such checkpoint"
+    assert not (tmp_path / "x.json").exists()

@@ -53,6 +53,19 @@ def test_a_candidate_passes_only_when_every_bar_holds(tmp_path):
     done, record = _run(tmp_path, rows, "old/val", "ref/val")
     failed = [name for name, bar in record["bars"].items() if not bar["pass"]]
     assert failed == ["signed error 60-69, magnitude at most half"]
+    # Each floor and ceiling, missed on its own (the UTK-C row moves gender and ethnicity together).
+    for row, bars in (
+        (_row(0.905, 0.84, 5.6, (-3.7, -4.8), 0.955, 0.92), ["canonical gender_acc at least"]),
+        (_row(0.93, 0.775, 5.6, (-3.7, -4.8), 0.955, 0.92), ["canonical ethnicity_acc at least"]),
+        (_row(0.93, 0.84, 6.05, (-3.7, -4.8), 0.955, 0.92), ["canonical age_mae at most"]),
+        (_row(0.93, 0.84, 5.6, (-3.7, -6.0), 0.955, 0.92), ["signed error 70+, magnitude at most half"]),
+        (
+            _row(0.93, 0.84, 5.6, (-3.7, -4.8), 0.955, 0.89),
+            ["UTK-C mean gender_acc above", "UTK-C mean ethnicity_acc above"],
+        ),
+    ):
+        done, record = _run(tmp_path, {**rows, "x/val": row}, "x/val", "ref/val")
+        assert [name for name, b in record["bars"].items() if not b["pass"]] == bars and not record["all_pass"]
 
 
 def test_unknown_rows_and_mixed_splits_are_one_line_errors(tmp_path):
@@ -62,3 +75,6 @@ def test_unknown_rows_and_mixed_splits_are_one_line_errors(tmp_path):
     rows["ref/test"] = rows["ref/val"]
     done, record = _run(tmp_path, rows, "ref/test", "ref/val")
     assert done.returncode == 1 and "same split" in done.stderr and record is None
+    rows["teacher/val"] = {**rows["ref/val"], "canonical": None}  # a probe row scores no canonical faces
+    done, record = _run(tmp_path, rows, "teacher/val", "ref/val")
+    assert done.returncode == 1 and "has no canonical scores" in done.stderr and len(done.stderr.splitlines()) == 1

@@ -1,9 +1,10 @@
 """The real-photos issue's bars for one yardstick row against another (results/wild.json).
 
-A candidate passes when, on the same split, it beats the replaced model on the UTK-C means (the
-yardstick's mean over the corrupted cells) and on frl244 for gender and ethnicity accuracy;
-keeps the canonical split at gender >= 91 %, ethnicity >= 78 % and age MAE <= 6.0; and has at
-most half the replaced model's |signed age error| in each of the decades 60-69 and 70+.
+The issue measures against the model that was the default when it was filed, the reference
+design (``reference48``). A candidate passes when, on the same split, it beats that row on the
+UTK-C means (the yardstick's mean over the corrupted cells) and on frl244 for gender and
+ethnicity accuracy; keeps the canonical split at gender >= 91 %, ethnicity >= 78 % and age MAE
+<= 6.0; and has at most half that row's |signed age error| in each of the decades 60-69 and 70+.
 Validation rows decide; test rows only report.
 
 python tools/issue_bars.py --candidate short-ft-frame-soft/val --against reference48/val --out results/bars_v5.json
@@ -58,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wild", type=Path, default=Path("results/wild.json"))
     ap.add_argument("--candidate", required=True, help="a row of the yardstick, e.g. short-ft-frame-soft/val")
-    ap.add_argument("--against", required=True, help="the replaced model's row on the same split")
+    ap.add_argument("--against", required=True, help="the row the issue measures against, on the same split")
     ap.add_argument("--out", type=Path, help="write the verdict here (JSON)")
     args = ap.parse_args()
     try:
@@ -68,6 +69,9 @@ def main() -> None:
     for name in (args.candidate, args.against):
         if name not in rows:
             sys.exit(f"{args.wild}: no row {name!r}; rows: {', '.join(rows)}")
+        missing = [part for part in ("canonical", "utk_c", "frl244") if not rows[name].get(part)]
+        if missing:
+            sys.exit(f"{args.wild}: row {name!r} has no {', '.join(missing)} scores; the bars need all three")
     if args.candidate.rpartition("/")[2] != args.against.rpartition("/")[2]:
         sys.exit(f"--candidate {args.candidate} and --against {args.against}: compare rows of the same split")
     verdict = bars(rows[args.candidate], rows[args.against])

@@ -233,8 +233,10 @@ def main() -> None:
                 " and a monotone map that spreads the answers back onto the training ages' distribution "
                 "(`faceattr.age.fit_distribution_map`, inside the ONNX graph)"
             )
+        baseline = load(files["refit"]).get("baseline")
+        limit = f"; the baseline was `{baseline['model']}`" if baseline else ""
         add(
-            f"- Age heads refitted on the frozen backbone with {how}, chosen on validation ({refit['rule']}; "
+            f"- Age heads refitted on the frozen backbone with {how}, chosen on validation ({refit['rule']}{limit}; "
             f"`results/{files['refit']}`)."
         )
     add("")

@@ -16,6 +16,7 @@ python tools/refit_age.py runs/run-v2/model --data runs/run-v2/data --results re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import shutil
 import sys
@@ -28,6 +29,7 @@ from faceattr.checkpoint import load_checkpoint, save_checkpoint
 from faceattr.evaluation import load_split_data
 from faceattr.inputerror import InputError
 from faceattr.pretrained import PRETRAINED, packaged_file
+from faceattr.runs import checkpoint_path
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
     try:
         baseline = None
         if args.baseline is not None:
-            where = packaged_file(args.baseline) if args.baseline in PRETRAINED else args.baseline
+            where = checkpoint_path(packaged_file(args.baseline) if args.baseline in PRETRAINED else args.baseline)
             baseline = load_checkpoint(where)
         if not before.is_file():
             shutil.copy2(best, before)
@@ -53,8 +55,12 @@ def main() -> None:
         refitted, record = refit_age_heads(ckpt, prepared, epochs=args.epochs, seed=args.seed, baseline=baseline)
     except (InputError, ValueError) as e:
         sys.exit(f"refit_age: {e}")
-    if baseline is not None:
-        record["baseline"]["model"] = PRETRAINED.get(args.baseline, args.baseline)
+    if baseline is not None:  # a packaged name means another file once the default moves: record which
+        record["baseline"].update(
+            model=PRETRAINED.get(args.baseline, args.baseline),
+            path=str(where),
+            sha256=hashlib.sha256(where.read_bytes()).hexdigest(),
+        )
     save_checkpoint(refitted, best)
     record.update(
         run=str(args.run),
