@@ -214,12 +214,12 @@ def main() -> None:
             f"- Hair-cue augmentation: on {frame_p:.0%} of training faces the chip's side and top bands become one "
             "flat grey (`augment.frame_p`), so that gender is read from the face rather than from hair at the edges."
         )
-    if ckpt["config"].get("teacher"):
+    if cfg.get("teacher"):
         teacher = load("teacher_dlib.json")
         add(
             "- Distillation: a training-only head regressed the 128-D embedding of dlib's face-recognition ResNet "
-            f"(weight {ckpt['config']['teacher_embed_weight']}) and the gender and ethnicity heads also matched "
-            f"linear probes on it (weight {ckpt['config']['teacher_soft_weight']}); the teacher saw the 200×200 colour "
+            f"(weight {cfg['teacher_embed_weight']}) and the gender and ethnicity heads also matched "
+            f"linear probes on it (weight {cfg['teacher_soft_weight']}); the teacher saw the 200×200 colour "
             f"originals (its probes on validation originals: gender {pct(teacher['scores']['val']['gender_acc'])}, "
             f"ethnicity {pct(teacher['scores']['val']['ethnicity_acc'])}). The head is not shipped; dlib is not "
             "needed to run the model. Teacher weights: public domain (Davis King); the 68-point landmark model "

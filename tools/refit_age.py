@@ -16,7 +16,6 @@ python tools/refit_age.py runs/run-v2/model --data runs/run-v2/data --results re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import shutil
 import sys
@@ -28,7 +27,8 @@ from faceattr.atomic import write_json
 from faceattr.checkpoint import load_checkpoint, save_checkpoint
 from faceattr.evaluation import load_split_data
 from faceattr.inputerror import InputError
-from faceattr.pretrained import PRETRAINED, packaged_file
+from faceattr.pretrained import PRETRAINED, packaged_name, pretrained_path
+from faceattr.release import sha256
 from faceattr.runs import checkpoint_path
 
 
@@ -46,7 +46,8 @@ def main() -> None:
     try:
         baseline = None
         if args.baseline is not None:
-            where = checkpoint_path(packaged_file(args.baseline) if args.baseline in PRETRAINED else args.baseline)
+            name = packaged_name(args.baseline)  # as --model reads it: an existing path of that name wins
+            where = pretrained_path(name) if name else checkpoint_path(args.baseline)
             baseline = load_checkpoint(where)
         if not before.is_file():
             shutil.copy2(best, before)
@@ -57,9 +58,9 @@ def main() -> None:
         sys.exit(f"refit_age: {e}")
     if baseline is not None:  # a packaged name means another file once the default moves: record which
         record["baseline"].update(
-            model=PRETRAINED.get(args.baseline, args.baseline),
+            model=PRETRAINED[name] if name else args.baseline,
             path=str(where),
-            sha256=hashlib.sha256(where.read_bytes()).hexdigest(),
+            sha256=sha256(where),
         )
     save_checkpoint(refitted, best)
     record.update(
